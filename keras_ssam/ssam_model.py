@@ -1,0 +1,421 @@
+"""`SSAMModel`: a Keras model that trains with (Sparse) Sharpness-Aware Minimization."""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
+
+PERTURBATIONS = ("global", "local")
+
+
+def check_rho(rho):
+    """Returns `rho` as a float after checking it is a finite number >= 0."""
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
+        raise TypeError(f"`rho` must be a float; received rho={rho!r}.")
+    if not math.isfinite(rho) or rho < 0:
+        raise ValueError(
+            f"`rho` must be a finite number >= 0; received rho={rho!r}."
+        )
+    return float(rho)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {allowed}; received {name}={value!r}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_ssam")
+class SSAMModel(keras.Model):
+    """Wraps a Keras model so that `fit()` trains it with Sparse SAM.
+
+    Each training step follows Algorithm 1 of Mi et al. (2022): a first
+    forward/backward pass gives `g = grad L(w)`; the masked ascent step
+    `e = rho * g / (||g|| + epsilon) * m` (Eq. 2) is formed with the binary
+    masks `m`; a second pass at `w + e` gives `grad L(w + e)`, which the
+    compiled optimizer applies to `w`. The second pass runs on the tensors
+    `w + e` inside a `keras.StatelessScope`, so the variables are never
+    moved: weights the optimizer updates are exactly `w`, and BatchNorm
+    moving statistics are updated only by the unperturbed first pass.
+
+    Masks start dense (all ones, which is SAM). Mask callbacks such as
+    `keras_ssam.FisherMask` and `keras_ssam.DynamicMask` replace them.
+    `loss` and the compiled metrics are those of the unperturbed pass; the
+    logs add `sharpness` (`L(w + e) - L(w)`) and `mask_density`.
+
+    Args:
+        model: A `keras.Model` to train (functional, `Sequential`, subclassed
+            or from `keras.applications`). Alternatively pass `inputs=` and
+            `outputs=` and a functional model is built from them.
+        rho: Float. Radius of the perturbation neighbourhood. Defaults to
+            `0.05`.
+        norm_scope: `"all"` normalizes `e` by the full gradient norm (as the
+            official SSAM code does, so `||e|| <= rho`); `"masked"` by the
+            norm of `m * g` (so `||e|| = rho`). Defaults to `"all"`.
+        adaptive: Boolean. Use ASAM's scale-invariant perturbation
+            `e = rho * T^2 g / ||T g||`, `T = |w| + eta`. Defaults to `False`.
+        eta: Float. ASAM's offset in `T`. Defaults to `0.01`.
+        perturbation: `"global"` perturbs every replica with the all-reduced
+            gradient (one extra all-reduce per step); `"local"` perturbs each
+            replica with its own gradient (Foret et al.'s m-sharpness).
+            Identical on one device. Defaults to `"global"`.
+        epsilon: Float. Added to the gradient norm. Defaults to `1e-12`.
+        **kwargs: Forwarded to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    base = keras.applications.ResNet50(weights=None, classes=10,
+                                       input_shape=(32, 32, 3))
+    model = keras_ssam.SSAMModel(base, rho=0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, epochs=10,
+              callbacks=[keras_ssam.FisherMask(x, y, sparsity=0.5)])
+    model.export("serving/1")  # the inner model only, for TF Serving
+    ```
+
+    Reference:
+        - [Mi et al., 2022](https://arxiv.org/abs/2210.05177)
+        - [Foret et al., 2021](https://arxiv.org/abs/2010.01412)
+        - [Kwon et al., 2021](https://arxiv.org/abs/2102.11600)
+    """
+
+    def __init__(
+        self,
+        model=None,
+        rho=0.05,
+        norm_scope="all",
+        adaptive=False,
+        eta=0.01,
+        perturbation="global",
+        epsilon=1e-12,
+        **kwargs,
+    ):
+        inputs = kwargs.pop("inputs", None)
+        outputs = kwargs.pop("outputs", None)
+        if model is None and inputs is not None and outputs is not None:
+            model = keras.Model(inputs=inputs, outputs=outputs)
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                "`model` must be a `keras.Model` (or pass `inputs=` and "
+                f"`outputs=`); received model={model!r}."
+            )
+        rho = check_rho(rho)
+        _check_choice("norm_scope", norm_scope, NORM_SCOPES)
+        _check_choice("perturbation", perturbation, PERTURBATIONS)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"`adaptive` must be a bool; received adaptive={adaptive!r}.")
+        for name, value in (("eta", eta), ("epsilon", epsilon)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"`{name}` must be a float; received {name}={value!r}.")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"`{name}` must be a finite number >= 0; received {name}={value!r}."
+                )
+        super().__init__(**kwargs)
+        self.model = model
+        self.norm_scope = norm_scope
+        self.adaptive = adaptive
+        self.eta = float(eta)
+        self.perturbation = perturbation
+        self.epsilon = float(epsilon)
+        # A variable, so schedules change rho without retracing and
+        # checkpoints carry its current value.
+        self._rho = self.add_weight(
+            name="rho",
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            dtype="float64",
+        )
+        self._rho.assign(rho)
+        self.sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        self.mask_density_tracker = keras.metrics.Mean(name="mask_density")
+        self._masks = []
+        self._mask_index = {}
+        if model.built:
+            self.build()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def rho(self):
+        return float(keras.ops.convert_to_numpy(self._rho))
+
+    @rho.setter
+    def rho(self, value):
+        self._rho.assign(check_rho(value))
+
+    def build(self, input_shape=None):
+        if not self.model.built:
+            if input_shape is None:
+                raise ValueError(
+                    "The wrapped model is not built; build it (or call it on "
+                    "data) before wrapping, or pass an input shape to build()."
+                )
+            self.model.build(input_shape)
+        variables = self.model.trainable_variables
+        if not variables:
+            raise ValueError(
+                "`model` has no trainable variables; received "
+                f"model={self.model.name!r}."
+            )
+        # One binary mask per trainable variable; non-trainable so that no
+        # optimizer touches it, saved with the model and in checkpoints.
+        self._masks = [
+            self.add_weight(
+                name=f"mask_{i}",
+                shape=tuple(v.shape),
+                initializer="ones",
+                trainable=False,
+                dtype="float32",
+            )
+            for i, v in enumerate(variables)
+        ]
+        self._mask_index = {id(v): i for i, v in enumerate(variables)}
+
+    @property
+    def masks(self):
+        """The mask variables, one per trainable variable of `model`."""
+        return list(self._masks)
+
+    @property
+    def masked_variables(self):
+        """The variables the masks belong to, in the order of `masks`."""
+        by_id = {id(v): v for v in self.model.variables}
+        order = sorted(self._mask_index, key=self._mask_index.get)
+        return [by_id[vid] for vid in order]
+
+    def set_masks(self, masks):
+        """Assigns new binary masks after checking all of them.
+
+        Args:
+            masks: List of arrays, one per entry of `masks`, with the same
+                shapes and only the values 0 and 1.
+        """
+        masks = list(masks)
+        if len(masks) != len(self._masks):
+            raise ValueError(
+                f"`masks` must hold {len(self._masks)} arrays; received "
+                f"{len(masks)}."
+            )
+        values = []
+        for i, (new, var) in enumerate(zip(masks, self._masks)):
+            new = np.asarray(keras.ops.convert_to_numpy(new), dtype="float32")
+            if new.shape != tuple(var.shape):
+                raise ValueError(
+                    f"`masks[{i}]` must have shape {tuple(var.shape)}; "
+                    f"received shape {new.shape}."
+                )
+            if not np.all((new == 0) | (new == 1)):
+                raise ValueError(f"`masks[{i}]` must contain only 0 and 1.")
+            values.append(new)
+        for var, new in zip(self._masks, values):
+            var.assign(new)
+
+    def mask_density(self):
+        """Fraction of trainable entries that are perturbed."""
+        return float(keras.ops.convert_to_numpy(self._density()))
+
+    def _density(self):
+        total = sum(int(np.prod(m.shape)) for m in self._masks)
+        ones = tf.add_n(
+            [tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in self._masks]
+        )
+        return tf.cast(tf.cast(ones, "float64") / total, "float32")
+
+    def _masks_for(self, variables):
+        # Variables made trainable after build() have no mask: dense (SAM).
+        out = []
+        for v in variables:
+            i = self._mask_index.get(id(v))
+            out.append(
+                tf.ones(v.shape, "float32") if i is None
+                else tf.convert_to_tensor(self._masks[i])
+            )
+        return out
+
+    # ------------------------------------------------------------- the step
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+
+        # Algorithm 1, line 1: g = grad L(w), updating BatchNorm statistics.
+        loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
+        ascent = self._ascent_gradients(self._unscale(grads))
+        finite = self._all_finite(ascent)
+
+        # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
+        e = sparse_perturbation(
+            ascent,
+            self._masks_for(variables),
+            self._rho,
+            variables=variables,
+            norm_scope=self.norm_scope,
+            adaptive=self.adaptive,
+            eta=self.eta,
+            epsilon=self.epsilon,
+        )
+        e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
+
+        # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
+        perturbed = [tf.convert_to_tensor(v) + tf.cast(ei, v.dtype)
+                     for v, ei in zip(variables, e)]
+        loss2, _, grads2 = self._loss_and_grads(
+            x, y, sample_weight, state=list(zip(variables, perturbed))
+        )
+        self._apply(finite, grads2, variables)
+
+        self._loss_tracker.update_state(
+            _unscale_for_distribution(loss),
+            sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+        )
+        self.sharpness_tracker.update_state(_unscale_for_distribution(loss2 - loss))
+        self.mask_density_tracker.update_state(self._density())
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _loss_and_grads(self, x, y, sample_weight, state=None):
+        """Loss, predictions and (loss-scaled) gradients at `w` or at `state`."""
+        with tf.GradientTape() as tape:
+            if state is None:
+                watched = self.trainable_variables
+                y_pred = self(x, training=True)
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=True,
+                )
+            else:
+                watched = [value for _, value in state]
+                tape.watch(watched)
+                # State updates of this pass (BatchNorm statistics, RNG
+                # seeds) stay inside the scope and are discarded.
+                with keras.StatelessScope(state_mapping=state):
+                    y_pred = self(x, training=True)
+                    loss = self._compute_loss(
+                        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                        training=True,
+                    )
+            scaled = self.optimizer.scale_loss(loss)
+        return loss, y_pred, tape.gradient(scaled, watched)
+
+    def _unscale(self, grads):
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            scale = tf.convert_to_tensor(self.optimizer.dynamic_scale)
+            return [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
+        return grads
+
+    def _all_finite(self, grads):
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        )
+        ctx = tf.distribute.get_replica_context()
+        if self.perturbation == "local" and ctx is not None and (
+            ctx.num_replicas_in_sync > 1
+        ):
+            # Every replica must take the same branch: skip if any overflowed.
+            flag = ctx.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, "float32"))
+            finite = flag > 0.5
+        return finite
+
+    def _ascent_gradients(self, grads):
+        """The gradient that defines e: global (all-reduced) or per replica."""
+        ctx = tf.distribute.get_replica_context()
+        if self.perturbation == "local" or ctx is None or ctx.num_replicas_in_sync == 1:
+            return grads
+        # Each replica's loss is pre-divided by the replica count, so the sum
+        # is the gradient of the global batch.
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = ctx.all_reduce(
+            tf.distribute.ReduceOp.SUM, [grads[i] for i in present]
+        )
+        out = list(grads)
+        for i, g in zip(present, reduced):
+            out[i] = g
+        return out
+
+    def _apply(self, finite, grads, variables):
+        """Applies the perturbed gradients, skipping non-finite first passes."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            # A non-finite gradient makes the loss-scale optimizer skip the
+            # update and lower its scale, exactly as for a plain overflow.
+            nan = tf.constant(float("nan"))
+            grads = [
+                None if g is None else tf.where(finite, g, tf.cast(nan, g.dtype))
+                for g in grads
+            ]
+            optimizer.apply_gradients(zip(grads, variables))
+            return
+        _apply_if(optimizer, finite, grads, variables)
+
+    # -------------------------------------------------------------- exports
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        """Exports the wrapped model only; masks and SSAM state stay out."""
+        return self.model.export(filepath, format=format, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "rho": self.rho,
+                "norm_scope": self.norm_scope,
+                "adaptive": self.adaptive,
+                "eta": self.eta,
+                "perturbation": self.perturbation,
+                "epsilon": self.epsilon,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)
+
+
+def _unscale_for_distribution(value):
+    # Keras divides each replica's loss by the replica count; undo it for logs.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value * replicas if replicas > 1 else value
+
+
+def _apply_if(optimizer, finite, grads, variables):
+    """`optimizer.apply_gradients` under `tf.cond(finite, ...)`.
+
+    Under a strategy that needs `merge_call`, the cond must be built in the
+    cross-replica context (the same constraint `LossScaleOptimizer` meets).
+    """
+
+    def apply(g):
+        optimizer.apply_gradients(zip(g, variables))
+
+    if not tf.distribute.has_strategy() or (
+        tf.__internal__.distribute.strategy_supports_no_merge_call()
+    ):
+        tf.cond(finite, lambda: apply(grads), lambda: None)
+        return
+
+    def cross_replica(distribution, finite, grads):
+        ok = distribution.experimental_local_results(finite)[0]
+
+        def run():
+            distribution.extended.call_for_each_replica(apply, args=(grads,))
+
+        tf.cond(ok, run, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(finite, grads)
+    )
