@@ -1,0 +1,49 @@
+"""Independent references: the SSAM step written out with NumPy and a bare tape."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def numpy_perturbation(grads, masks, rho, weights=None, norm_scope="all",
+                       adaptive=False, eta=0.01, epsilon=1e-12):
+    """Eq. (2) of Mi et al. (and ASAM's T^2 g / ||T g||) in float64 NumPy."""
+    grads = [np.asarray(g, np.float64) for g in grads]
+    masks = [np.asarray(m, np.float64) for m in masks]
+    if adaptive:
+        t = [np.abs(np.asarray(w, np.float64)) + eta for w in weights]
+    else:
+        t = [np.ones_like(g) for g in grads]
+    tg = [ti * g for ti, g in zip(t, grads)]
+    if norm_scope == "masked":
+        norm = np.sqrt(sum(np.sum((m * v) ** 2) for m, v in zip(masks, tg)))
+    else:
+        norm = np.sqrt(sum(np.sum(v**2) for v in tg))
+    return [rho * ti * v / (norm + epsilon) * m for ti, v, m in zip(t, tg, masks)]
+
+
+def mlp_loss(params, x, y, l2=0.0):
+    """Mean softmax cross-entropy of relu(x W1 + b1) W2 + b2, plus l2 on kernels."""
+    w1, b1, w2, b2 = params
+    logits = tf.nn.relu(x @ w1 + b1) @ w2 + b2
+    ce = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    )
+    return ce + l2 * (tf.reduce_sum(w1**2) + tf.reduce_sum(w2**2))
+
+
+def mlp_grad(params, x, y, l2=0.0):
+    params = [tf.constant(p, tf.float32) for p in params]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss = mlp_loss(params, tf.constant(x), tf.constant(y), l2)
+    return float(loss), [g.numpy() for g in tape.gradient(loss, params)]
+
+
+def reference_sgd_step(params, x, y, masks, rho, lr, l2=0.0, **kwargs):
+    """One SSAM step with plain SGD; returns new params, e, L(w), L(w+e)."""
+    loss, g = mlp_grad(params, x, y, l2)
+    e = numpy_perturbation(g, masks, rho, weights=params, **kwargs)
+    perturbed = [p + ei.astype(np.float32) for p, ei in zip(params, e)]
+    loss2, g2 = mlp_grad(perturbed, x, y, l2)
+    new = [p - lr * gi for p, gi in zip(params, g2)]
+    return new, e, loss, loss2
