@@ -248,6 +248,10 @@ class SSAMModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
+        if not self.optimizer.built:
+            # Without a strategy Keras defers this to the first apply; the
+            # loss-scale variables are needed before it (to unscale g).
+            self.optimizer.build(variables)
 
         # Algorithm 1, line 1: g = grad L(w), updating BatchNorm statistics.
         loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
