@@ -140,6 +140,7 @@ class SSAMModel(keras.Model):
         self.mask_density_tracker = keras.metrics.Mean(name="mask_density")
         self._masks = []
         self._mask_index = {}
+        self._in_step_mask_fn = None
         if model.built:
             self.build()
 
@@ -179,6 +180,11 @@ class SSAMModel(keras.Model):
             for i, v in enumerate(variables)
         ]
         self._mask_index = {id(v): i for i, v in enumerate(variables)}
+        # Set by a callback to ask the next step for an in-step mask update.
+        self._mask_update_pending = self.add_weight(
+            name="mask_update_pending", shape=(), dtype="int32",
+            initializer="zeros", trainable=False,
+        )
 
     @property
     def masks(self):
@@ -219,6 +225,22 @@ class SSAMModel(keras.Model):
         for var, new in zip(self._masks, values):
             var.assign(new)
 
+    def set_in_step_mask_update(self, fn):
+        """Registers `fn(grads, variables, masks) -> new masks` (or `None`).
+
+        When `request_mask_update()` has been called, the next training step
+        calls `fn` with its own first-pass gradient (no extra pass) before
+        forming `e`; `SSAM-D` uses this. All lists are in the order of
+        `masks`.
+        """
+        self._in_step_mask_fn = fn
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+
+    def request_mask_update(self):
+        """Makes the next step run the registered in-step mask update."""
+        self._mask_update_pending.assign(1)
+
     def mask_density(self):
         """Fraction of trainable entries that are perturbed."""
         return float(keras.ops.convert_to_numpy(self._density()))
@@ -257,6 +279,7 @@ class SSAMModel(keras.Model):
         loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
         ascent = self._ascent_gradients(self._unscale(grads))
         finite = self._all_finite(ascent)
+        self._maybe_update_masks_in_step(ascent, variables)
 
         # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
         e = sparse_perturbation(
@@ -286,6 +309,28 @@ class SSAMModel(keras.Model):
         self.sharpness_tracker.update_state(_unscale_for_distribution(loss2 - loss))
         self.mask_density_tracker.update_state(self._density())
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _maybe_update_masks_in_step(self, grads, variables):
+        if self._in_step_mask_fn is None:
+            return
+        by_id = {id(v): g for v, g in zip(variables, grads)}
+        ordered = self.masked_variables
+        mask_grads = [
+            tf.zeros(v.shape, "float32") if by_id.get(id(v)) is None
+            else tf.cast(by_id[id(v)], "float32")
+            for v in ordered
+        ]
+        current = [tf.convert_to_tensor(m) for m in self._masks]
+        new = tf.cond(
+            self._mask_update_pending > 0,
+            lambda: [tf.cast(n, "float32") for n in
+                     self._in_step_mask_fn(mask_grads, ordered, current)],
+            lambda: current,
+        )
+        # Assigned outside the cond: mirrored variables need it there.
+        for mask, value in zip(self._masks, new):
+            mask.assign(value)
+        self._mask_update_pending.assign(0)
 
     def _loss_and_grads(self, x, y, sample_weight, state=None):
         """Loss, predictions and (loss-scaled) gradients at `w` or at `state`."""
