@@ -310,6 +310,13 @@ class SSAMModel(keras.Model):
         self.mask_density_tracker.update_state(self._density())
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    def test_step(self, data):
+        # Sharpness and mask density describe training steps only.
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if k not in self._train_only_logs}
+
+    _train_only_logs = ("sharpness", "mask_density")
+
     def _maybe_update_masks_in_step(self, grads, variables):
         if self._in_step_mask_fn is None:
             return

@@ -9,7 +9,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from reference import reference_sgd_step
 from test_step import C, D, N, make_data, make_mlp, make_params, random_masks
 
@@ -63,7 +62,7 @@ def test_mixed_precision_step_matches_float32_reference():
     expected, _, loss, loss2 = reference_sgd_step(
         params, x, y, masks, rho=0.3, lr=0.1, norm_scope="masked"
     )
-    for got, want, p in zip(model.model.get_weights(), expected, params):
+    for got, want in zip(model.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
     # The ascent used unscaled gradients: the step size (rho-sized) shows up
     # in the measured sharpness, which a 2**15-scaled gradient would not give.

@@ -1,0 +1,5 @@
+import sys
+
+from keras_ssam.cli import main
+
+main(sys.argv[1:])
