@@ -34,8 +34,9 @@ outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
 model = keras_ssam.SSAMModel(keras.Model(inputs, outputs), rho=0.05)
 steps = args.epochs * int(train.cardinality())
 model.compile(
-    optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.05, steps),
-                                   momentum=0.9, weight_decay=1e-3),
+    optimizer=keras.optimizers.SGD(
+        keras.optimizers.schedules.CosineDecay(0.05, steps), momentum=0.9, weight_decay=1e-3
+    ),
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     metrics=["accuracy"],
 )

@@ -43,8 +43,7 @@ def build_parser():
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise SystemExit(
-            f"keras-ssam: error: --{name} must be one of {', '.join(allowed)}; "
-            f"received {value!r}."
+            f"keras-ssam: error: --{name} must be one of {', '.join(allowed)}; received {value!r}."
         )
 
 
@@ -86,13 +85,19 @@ def mask_callback(args, x, y):
 
     if args.optimizer == "ssam-f":
         return keras_ssam.FisherMask(
-            x, y, num_samples=args.num_samples, sparsity=args.sparsity,
-            update_interval=args.update_interval, seed=args.seed,
+            x,
+            y,
+            num_samples=args.num_samples,
+            sparsity=args.sparsity,
+            update_interval=args.update_interval,
+            seed=args.seed,
         )
     if args.optimizer == "ssam-d":
         return keras_ssam.DynamicMask(
-            sparsity=args.sparsity, drop_rate=args.drop_rate,
-            update_interval=args.update_interval, seed=args.seed,
+            sparsity=args.sparsity,
+            drop_rate=args.drop_rate,
+            update_interval=args.update_interval,
+            seed=args.seed,
         )
     if args.optimizer == "ssam-random":
         return keras_ssam.RandomMask(sparsity=args.sparsity, seed=args.seed)
@@ -115,9 +120,7 @@ def train(args):
     steps = args.epochs * -(-len(y) // args.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps)
     # Decoupled weight decay (Keras' `weight_decay`), as in SGDW.
-    optimizer = keras.optimizers.SGD(
-        schedule, momentum=0.9, weight_decay=args.weight_decay
-    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=args.weight_decay)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -130,8 +133,13 @@ def train(args):
         callbacks.insert(0, mask)
     start = time.perf_counter()
     history = model.fit(
-        x, y, batch_size=args.batch_size, epochs=args.epochs,
-        validation_data=(x_test, y_test), callbacks=callbacks, verbose=args.verbose,
+        x,
+        y,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        validation_data=(x_test, y_test),
+        callbacks=callbacks,
+        verbose=args.verbose,
     )
     seconds = time.perf_counter() - start
     scores = model.evaluate(x_test, y_test, verbose=0, return_dict=True)

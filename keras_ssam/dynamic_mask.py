@@ -65,11 +65,8 @@ class DynamicMask(MaskCallback):
         if isinstance(drop_rate, bool) or not isinstance(drop_rate, numbers.Real):
             raise TypeError(f"`drop_rate` must be a float; received drop_rate={drop_rate!r}.")
         if not (math.isfinite(drop_rate) and 0.0 <= drop_rate <= 1.0):
-            raise ValueError(
-                f"`drop_rate` must be in [0, 1]; received drop_rate={drop_rate!r}."
-            )
-        for name, value in (("drop_strategy", drop_strategy),
-                            ("growth_strategy", growth_strategy)):
+            raise ValueError(f"`drop_rate` must be in [0, 1]; received drop_rate={drop_rate!r}.")
+        for name, value in (("drop_strategy", drop_strategy), ("growth_strategy", growth_strategy)):
             if value not in STRATEGIES:
                 raise ValueError(
                     f"`{name}` must be one of {STRATEGIES}; received {name}={value!r}."

@@ -76,9 +76,9 @@ class FisherMask(MaskCallback):
             # A seeded shuffle buffer over the stream: no need to hold the
             # whole training set in memory.
             seed = int(self._rng.integers(2**31))
-            stream = self._examples.shuffle(
-                max(1024, 8 * self.num_samples), seed=seed
-            ).take(self.num_samples)
+            stream = self._examples.shuffle(max(1024, 8 * self.num_samples), seed=seed).take(
+                self.num_samples
+            )
             xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b, *_ in stream])
             return np.stack(xs), np.stack(ys)
         xs, ys = self._examples
@@ -94,8 +94,9 @@ class FisherMask(MaskCallback):
         variables = self.model.masked_variables
         totals = [tf.zeros(v.shape, "float32") for v in variables]
         for start in range(0, len(y), self.chunk_size):
-            chunk = self._squared_grads(x[start:start + self.chunk_size],
-                                        y[start:start + self.chunk_size])
+            chunk = self._squared_grads(
+                x[start : start + self.chunk_size], y[start : start + self.chunk_size]
+            )
             totals = [t + c for t, c in zip(totals, chunk)]
         return totals
 
@@ -125,8 +126,7 @@ def per_example_loss_fn(model):
     loss = getattr(model, "loss", None)
     if isinstance(loss, (list, tuple, dict)) or loss is None:
         raise ValueError(
-            "FisherMask needs a model compiled with a single loss; received "
-            f"loss={loss!r}."
+            f"FisherMask needs a model compiled with a single loss; received loss={loss!r}."
         )
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     # `Loss.call` is the unreduced per-example loss.
@@ -146,7 +146,8 @@ def _make_squared_grads(ssam):
         # One row of the Jacobian is one example's gradient (pfor-vectorized).
         jac = tape.jacobian(losses, variables, experimental_use_pfor=True)
         return [
-            tf.zeros(v.shape, "float32") if j is None
+            tf.zeros(v.shape, "float32")
+            if j is None
             else tf.reduce_sum(tf.square(tf.cast(j, "float32")), axis=0)
             for j, v in zip(jac, variables)
         ]
@@ -162,8 +163,7 @@ def _check_data(x, y):
         spec = x.element_spec
         if not isinstance(spec, (tuple, list)) or len(spec) < 2:
             raise ValueError(
-                "The dataset must yield `(x, y)` batches; received element_spec="
-                f"{spec!r}."
+                f"The dataset must yield `(x, y)` batches; received element_spec={spec!r}."
             )
         examples = x.unbatch()
         if not any(True for _ in examples.take(1)):

@@ -17,9 +17,7 @@ def check_sparsity(sparsity):
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
         raise TypeError(f"`sparsity` must be a float; received sparsity={sparsity!r}.")
     if not math.isfinite(sparsity) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(
-            f"`sparsity` must be in [0, 1); received sparsity={sparsity!r}."
-        )
+        raise ValueError(f"`sparsity` must be in [0, 1); received sparsity={sparsity!r}.")
     return float(sparsity)
 
 
@@ -27,9 +25,7 @@ def check_positive_int(name, value, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be an integer >= 1; received {name}={value!r}."
-        )
+        raise ValueError(f"`{name}` must be an integer >= 1; received {name}={value!r}.")
     return int(value)
 
 
@@ -61,8 +57,7 @@ class MaskCallback(keras.callbacks.Callback):
         )
         if update_unit not in UNITS:
             raise ValueError(
-                f"`update_unit` must be one of {UNITS}; received "
-                f"update_unit={update_unit!r}."
+                f"`update_unit` must be one of {UNITS}; received update_unit={update_unit!r}."
             )
         self.update_unit = update_unit
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -124,11 +119,7 @@ class MaskCallback(keras.callbacks.Callback):
         return log
 
     def _due(self, index):
-        return (
-            self.update_interval is not None
-            and index > 0
-            and index % self.update_interval == 0
-        )
+        return self.update_interval is not None and index > 0 and index % self.update_interval == 0
 
     # Keras hooks.
     def on_train_begin(self, logs=None):

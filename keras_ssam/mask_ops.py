@@ -54,8 +54,7 @@ def drop_and_grow(mask, drop_scores, grow_scores, count):
     inf = tf.constant(np.inf, "float32")
     total = tf.shape(mask, out_type="int64")[0]
     on = mask > 0.5
-    drop_key = tf.where(on, -tf.where(tf.math.is_nan(drop_scores), -inf, drop_scores),
-                        -inf)
+    drop_key = tf.where(on, -tf.where(tf.math.is_nan(drop_scores), -inf, drop_scores), -inf)
     dropped = tf.math.top_k(drop_key, k=count, sorted=False).indices
     grow_key = tf.where(on, -inf, tf.where(tf.math.is_nan(grow_scores), -inf, grow_scores))
     grown = tf.math.top_k(grow_key, k=count, sorted=False).indices

@@ -45,14 +45,12 @@ def sparse_perturbation(
     """
     if norm_scope not in NORM_SCOPES:
         raise ValueError(
-            f"`norm_scope` must be one of {NORM_SCOPES}; received "
-            f"norm_scope={norm_scope!r}."
+            f"`norm_scope` must be one of {NORM_SCOPES}; received norm_scope={norm_scope!r}."
         )
     if adaptive and variables is None:
         raise ValueError("`variables` is required when `adaptive=True`.")
     grads = [
-        tf.zeros_like(m) if g is None else tf.cast(g, m.dtype)
-        for g, m in zip(gradients, masks)
+        tf.zeros_like(m) if g is None else tf.cast(g, m.dtype) for g, m in zip(gradients, masks)
     ]
     if adaptive:
         scales = [tf.abs(tf.cast(w, m.dtype)) + eta for w, m in zip(variables, masks)]

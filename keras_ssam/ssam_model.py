@@ -17,17 +17,13 @@ def check_rho(rho):
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
         raise TypeError(f"`rho` must be a float; received rho={rho!r}.")
     if not math.isfinite(rho) or rho < 0:
-        raise ValueError(
-            f"`rho` must be a finite number >= 0; received rho={rho!r}."
-        )
+        raise ValueError(f"`rho` must be a finite number >= 0; received rho={rho!r}.")
     return float(rho)
 
 
 def _check_choice(name, value, allowed):
     if value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {allowed}; received {name}={value!r}."
-        )
+        raise ValueError(f"`{name}` must be one of {allowed}; received {name}={value!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssam")
@@ -164,8 +160,7 @@ class SSAMModel(keras.Model):
         variables = self.model.trainable_variables
         if not variables:
             raise ValueError(
-                "`model` has no trainable variables; received "
-                f"model={self.model.name!r}."
+                f"`model` has no trainable variables; received model={self.model.name!r}."
             )
         # One binary mask per trainable variable; non-trainable so that no
         # optimizer touches it, saved with the model and in checkpoints.
@@ -182,8 +177,11 @@ class SSAMModel(keras.Model):
         self._mask_index = {id(v): i for i, v in enumerate(variables)}
         # Set by a callback to ask the next step for an in-step mask update.
         self._mask_update_pending = self.add_weight(
-            name="mask_update_pending", shape=(), dtype="int32",
-            initializer="zeros", trainable=False,
+            name="mask_update_pending",
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
         )
 
     @property
@@ -207,17 +205,13 @@ class SSAMModel(keras.Model):
         """
         masks = list(masks)
         if len(masks) != len(self._masks):
-            raise ValueError(
-                f"`masks` must hold {len(self._masks)} arrays; received "
-                f"{len(masks)}."
-            )
+            raise ValueError(f"`masks` must hold {len(self._masks)} arrays; received {len(masks)}.")
         values = []
         for i, (new, var) in enumerate(zip(masks, self._masks)):
             new = np.asarray(keras.ops.convert_to_numpy(new), dtype="float32")
             if new.shape != tuple(var.shape):
                 raise ValueError(
-                    f"`masks[{i}]` must have shape {tuple(var.shape)}; "
-                    f"received shape {new.shape}."
+                    f"`masks[{i}]` must have shape {tuple(var.shape)}; received shape {new.shape}."
                 )
             if not np.all((new == 0) | (new == 1)):
                 raise ValueError(f"`masks[{i}]` must contain only 0 and 1.")
@@ -247,9 +241,7 @@ class SSAMModel(keras.Model):
 
     def _density(self):
         total = sum(int(np.prod(m.shape)) for m in self._masks)
-        ones = tf.add_n(
-            [tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in self._masks]
-        )
+        ones = tf.add_n([tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in self._masks])
         return tf.cast(tf.cast(ones, "float64") / total, "float32")
 
     def _masks_for(self, variables):
@@ -258,8 +250,7 @@ class SSAMModel(keras.Model):
         for v in variables:
             i = self._mask_index.get(id(v))
             out.append(
-                tf.ones(v.shape, "float32") if i is None
-                else tf.convert_to_tensor(self._masks[i])
+                tf.ones(v.shape, "float32") if i is None else tf.convert_to_tensor(self._masks[i])
             )
         return out
 
@@ -295,8 +286,7 @@ class SSAMModel(keras.Model):
         e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
 
         # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
-        perturbed = [tf.convert_to_tensor(v) + tf.cast(ei, v.dtype)
-                     for v, ei in zip(variables, e)]
+        perturbed = [tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(variables, e)]
         loss2, _, grads2 = self._loss_and_grads(
             x, y, sample_weight, state=list(zip(variables, perturbed))
         )
@@ -323,15 +313,17 @@ class SSAMModel(keras.Model):
         by_id = {id(v): g for v, g in zip(variables, grads)}
         ordered = self.masked_variables
         mask_grads = [
-            tf.zeros(v.shape, "float32") if by_id.get(id(v)) is None
+            tf.zeros(v.shape, "float32")
+            if by_id.get(id(v)) is None
             else tf.cast(by_id[id(v)], "float32")
             for v in ordered
         ]
         current = [tf.convert_to_tensor(m) for m in self._masks]
         new = tf.cond(
             self._mask_update_pending > 0,
-            lambda: [tf.cast(n, "float32") for n in
-                     self._in_step_mask_fn(mask_grads, ordered, current)],
+            lambda: [
+                tf.cast(n, "float32") for n in self._in_step_mask_fn(mask_grads, ordered, current)
+            ],
             lambda: current,
         )
         # Assigned outside the cond: mirrored variables need it there.
@@ -346,7 +338,10 @@ class SSAMModel(keras.Model):
                 watched = self.trainable_variables
                 y_pred = self(x, training=True)
                 loss = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    x=x,
+                    y=y,
+                    y_pred=y_pred,
+                    sample_weight=sample_weight,
                     training=True,
                 )
             else:
@@ -357,7 +352,10 @@ class SSAMModel(keras.Model):
                 with keras.StatelessScope(state_mapping=state):
                     y_pred = self(x, training=True)
                     loss = self._compute_loss(
-                        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                        x=x,
+                        y=y,
+                        y_pred=y_pred,
+                        sample_weight=sample_weight,
                         training=True,
                     )
             scaled = self.optimizer.scale_loss(loss)
@@ -374,9 +372,7 @@ class SSAMModel(keras.Model):
             [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
         )
         ctx = tf.distribute.get_replica_context()
-        if self.perturbation == "local" and ctx is not None and (
-            ctx.num_replicas_in_sync > 1
-        ):
+        if self.perturbation == "local" and ctx is not None and (ctx.num_replicas_in_sync > 1):
             # Every replica must take the same branch: skip if any overflowed.
             flag = ctx.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, "float32"))
             finite = flag > 0.5
@@ -390,9 +386,7 @@ class SSAMModel(keras.Model):
         # Each replica's loss is pre-divided by the replica count, so the sum
         # is the gradient of the global batch.
         present = [i for i, g in enumerate(grads) if g is not None]
-        reduced = ctx.all_reduce(
-            tf.distribute.ReduceOp.SUM, [grads[i] for i in present]
-        )
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
         out = list(grads)
         for i, g in zip(present, reduced):
             out[i] = g
@@ -406,8 +400,7 @@ class SSAMModel(keras.Model):
             # update and lower its scale, exactly as for a plain overflow.
             nan = tf.constant(float("nan"))
             grads = [
-                None if g is None else tf.where(finite, g, tf.cast(nan, g.dtype))
-                for g in grads
+                None if g is None else tf.where(finite, g, tf.cast(nan, g.dtype)) for g in grads
             ]
             optimizer.apply_gradients(zip(grads, variables))
             return
@@ -472,6 +465,4 @@ def _apply_if(optimizer, finite, grads, variables):
 
         tf.cond(ok, run, lambda: None)
 
-    tf.distribute.get_replica_context().merge_call(
-        cross_replica, args=(finite, grads)
-    )
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))

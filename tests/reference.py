@@ -4,8 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 
-def numpy_perturbation(grads, masks, rho, weights=None, norm_scope="all",
-                       adaptive=False, eta=0.01, epsilon=1e-12):
+def numpy_perturbation(
+    grads, masks, rho, weights=None, norm_scope="all", adaptive=False, eta=0.01, epsilon=1e-12
+):
     """Eq. (2) of Mi et al. (and ASAM's T^2 g / ||T g||) in float64 NumPy."""
     grads = [np.asarray(g, np.float64) for g in grads]
     masks = [np.asarray(m, np.float64) for m in masks]
@@ -25,9 +26,7 @@ def mlp_loss(params, x, y, l2=0.0):
     """Mean softmax cross-entropy of relu(x W1 + b1) W2 + b2, plus l2 on kernels."""
     w1, b1, w2, b2 = params
     logits = tf.nn.relu(x @ w1 + b1) @ w2 + b2
-    ce = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-    )
+    ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
     return ce + l2 * (tf.reduce_sum(w1**2) + tf.reduce_sum(w2**2))
 
 

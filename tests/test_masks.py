@@ -42,7 +42,7 @@ def loop_fisher(inner, x, y, loss_fn):
     totals = [np.zeros(v.shape) for v in inner.trainable_variables]
     for i in range(len(y)):
         with tf.GradientTape() as tape:
-            loss = loss_fn(y[i:i + 1], inner(x[i:i + 1], training=False))
+            loss = loss_fn(y[i : i + 1], inner(x[i : i + 1], training=False))
         for t, g in zip(totals, tape.gradient(loss, inner.trainable_variables)):
             t += np.square(g.numpy().astype(np.float64))
     return totals
@@ -92,10 +92,10 @@ def test_fisher_callback_sets_mask_before_first_step_and_each_epoch():
     model = compiled()
     seen = []
     probe = keras.callbacks.LambdaCallback(
-        on_train_batch_begin=lambda b, logs: seen.append(model.mask_density()))
+        on_train_batch_begin=lambda b, logs: seen.append(model.mask_density())
+    )
     callback = FisherMask(x, y, num_samples=16, sparsity=0.5)
-    history = model.fit(x, y, batch_size=20, epochs=3, verbose=0,
-                        callbacks=[callback, probe])
+    history = model.fit(x, y, batch_size=20, epochs=3, verbose=0, callbacks=[callback, probe])
     k = mask_ops.num_perturbed(0.5, callback.num_entries)
     np.testing.assert_allclose(seen, k / callback.num_entries, rtol=1e-6)
     assert callback.updates == 3
@@ -121,8 +121,7 @@ def test_drop_and_grow_matches_numpy():
     mask = (rng.random(n) < 0.4).astype("float32")
     g = rng.normal(size=n).astype("float32")
     grow = rng.random(n).astype("float32")
-    new = mask_ops.drop_and_grow(tf.constant(mask), tf.abs(g), tf.constant(grow),
-                                 count).numpy()
+    new = mask_ops.drop_and_grow(tf.constant(mask), tf.abs(g), tf.constant(grow), count).numpy()
     on, off = np.flatnonzero(mask), np.flatnonzero(mask == 0)
     dropped = on[np.argsort(np.abs(g[on]), kind="stable")[:count]]
     grown = off[np.argsort(-grow[off], kind="stable")[:count]]
@@ -138,10 +137,8 @@ def test_dynamic_schedule_formula_and_counts():
     callback.set_model(compiled())
     callback.set_params({"epochs": 10, "steps": 5})
     for t in range(11):
-        assert math.isclose(callback.drop_fraction(t),
-                            0.2 * (1 + math.cos(math.pi * t / 10)))
-        assert callback.drop_count(t) == math.floor(
-            callback.drop_fraction(t) * callback.k + 0.5)
+        assert math.isclose(callback.drop_fraction(t), 0.2 * (1 + math.cos(math.pi * t / 10)))
+        assert callback.drop_count(t) == math.floor(callback.drop_fraction(t) * callback.k + 0.5)
 
 
 def test_dynamic_update_drops_smallest_first_pass_gradient():
@@ -156,9 +153,15 @@ def test_dynamic_update_drops_smallest_first_pass_gradient():
             snap["w"] = [v.numpy().copy() for v in model.model.variables]
             snap["m"] = mask_ops.flatten(model.masks).numpy()
 
-    history = model.fit(x, y, batch_size=20, epochs=2, verbose=0, shuffle=False,
-                        callbacks=[callback, keras.callbacks.LambdaCallback(
-                            on_epoch_end=on_epoch_end)])
+    history = model.fit(
+        x,
+        y,
+        batch_size=20,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[callback, keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)],
+    )
     # Reference gradient: the unperturbed pass at the epoch-1 start weights.
     ref = conv_bn_model()
     ref.set_weights(snap["w"])
@@ -180,9 +183,15 @@ def test_dynamic_runs_are_reproducible_and_seeds_differ():
 
     def run(seed):
         model = compiled()
-        model.fit(x, y, batch_size=10, epochs=3, verbose=0, shuffle=False,
-                  callbacks=[DynamicMask(0.7, seed=seed, update_interval=2,
-                                         update_unit="step")])
+        model.fit(
+            x,
+            y,
+            batch_size=10,
+            epochs=3,
+            verbose=0,
+            shuffle=False,
+            callbacks=[DynamicMask(0.7, seed=seed, update_interval=2, update_unit="step")],
+        )
         return mask_ops.flatten(model.masks).numpy(), model.get_weights()
 
     (m1, w1), (m2, w2), (m3, _) = run(1), run(1), run(2)
@@ -205,8 +214,7 @@ def test_random_mask_density_and_zero_sparsity_is_dense():
 
 def test_nan_scores_never_change_density():
     scores = tf.constant([np.nan, 1.0, np.nan, 3.0, 2.0, np.nan])
-    np.testing.assert_array_equal(mask_ops.top_k_indicator(scores, 4).numpy(),
-                                  [1, 1, 0, 1, 1, 0])
+    np.testing.assert_array_equal(mask_ops.top_k_indicator(scores, 4).numpy(), [1, 1, 0, 1, 1, 0])
 
 
 class TestBadArguments:
@@ -236,7 +244,8 @@ class TestBadArguments:
 
     def test_empty_data(self):
         empty = tf.data.Dataset.from_tensor_slices(
-            (np.zeros((0, 6, 6, 2), "float32"), np.zeros((0,), "int64"))).batch(4)
+            (np.zeros((0, 6, 6, 2), "float32"), np.zeros((0,), "int64"))
+        ).batch(4)
         with pytest.raises(ValueError, match="empty dataset"):
             FisherMask(empty)
         with pytest.raises(ValueError, match="non-zero number"):

@@ -42,9 +42,7 @@ def test_batchnorm_statistics_come_from_the_unperturbed_pass_only():
     # The statistics moved (momentum 0.5), and moved exactly once.
     assert np.abs(bn_plain.moving_mean.numpy() - before.moving_mean.numpy()).max() > 1e-3
     np.testing.assert_array_equal(bn_ssam.moving_mean.numpy(), bn_plain.moving_mean.numpy())
-    np.testing.assert_array_equal(
-        bn_ssam.moving_variance.numpy(), bn_plain.moving_variance.numpy()
-    )
+    np.testing.assert_array_equal(bn_ssam.moving_variance.numpy(), bn_plain.moving_variance.numpy())
     # ...while the weights did get the SAM update, not the plain one.
     assert np.abs(inner.layers[0].kernel.numpy() - plain.layers[0].kernel.numpy()).max() > 1e-5
 
@@ -66,8 +64,7 @@ def test_mixed_precision_step_matches_float32_reference():
         np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
     # The ascent used unscaled gradients: the step size (rho-sized) shows up
     # in the measured sharpness, which a 2**15-scaled gradient would not give.
-    np.testing.assert_allclose(history.history["sharpness"][0], loss2 - loss,
-                               rtol=0.05, atol=2e-3)
+    np.testing.assert_allclose(history.history["sharpness"][0], loss2 - loss, rtol=0.05, atol=2e-3)
 
 
 def test_mixed_precision_non_finite_first_pass_skips_step():
@@ -101,9 +98,16 @@ def test_non_finite_first_pass_skips_step_for_plain_optimizer():
 def _trained_model(tmp_path):
     x, y = make_data()
     params = make_params()
-    model = SSAMModel(make_mlp(params), rho=0.2, norm_scope="masked",
-                      adaptive=True, eta=0.02, perturbation="local",
-                      epsilon=1e-10, name="my_ssam")
+    model = SSAMModel(
+        make_mlp(params),
+        rho=0.2,
+        norm_scope="masked",
+        adaptive=True,
+        eta=0.02,
+        perturbation="local",
+        epsilon=1e-10,
+        name="my_ssam",
+    )
     model.set_masks(random_masks(params))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=LOSS)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -116,8 +120,7 @@ def test_save_and_load_keras_file_round_trips_masks_and_training(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, SSAMModel)
-    for attr in ("rho", "norm_scope", "adaptive", "eta", "perturbation", "epsilon",
-                 "name"):
+    for attr in ("rho", "norm_scope", "adaptive", "eta", "perturbation", "epsilon", "name"):
         assert getattr(loaded, attr) == getattr(model, attr), attr
     for a, b in zip(model.masks, loaded.masks):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -136,8 +139,7 @@ def test_weights_file_and_model_checkpoint_carry_masks(tmp_path):
     fresh = SSAMModel(make_mlp(make_params(9)))
     fresh.load_weights(path)
     ckpt = str(tmp_path / "best.keras")
-    model.fit(x, y, epochs=1, verbose=0,
-              callbacks=[keras.callbacks.ModelCheckpoint(ckpt)])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(ckpt)])
     from_callback = keras.models.load_model(ckpt)
     for other, ref in ((fresh, None), (from_callback, model)):
         ref = ref or model
@@ -149,11 +151,19 @@ def test_weights_file_and_model_checkpoint_carry_masks(tmp_path):
 
 
 def test_config_round_trip_covers_every_argument():
-    model = SSAMModel(make_mlp(make_params()), rho=0.25, norm_scope="masked",
-                      adaptive=True, eta=0.3, perturbation="local", epsilon=1e-9)
+    model = SSAMModel(
+        make_mlp(make_params()),
+        rho=0.25,
+        norm_scope="masked",
+        adaptive=True,
+        eta=0.3,
+        perturbation="local",
+        epsilon=1e-9,
+    )
     config = model.get_config()
-    for key, value in dict(rho=0.25, norm_scope="masked", adaptive=True, eta=0.3,
-                           perturbation="local", epsilon=1e-9).items():
+    for key, value in dict(
+        rho=0.25, norm_scope="masked", adaptive=True, eta=0.3, perturbation="local", epsilon=1e-9
+    ).items():
         assert config[key] == value
     clone = SSAMModel.from_config(json.loads(json.dumps(config)))
     assert json.dumps(clone.get_config()) == json.dumps(config)
@@ -168,8 +178,9 @@ def test_inputs_outputs_constructor_builds_a_functional_inner_model():
     x, y = make_data()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
     model.fit(x, y, batch_size=N, epochs=1, verbose=0)
-    expected, *_ = reference_sgd_step(params, x, y, [np.ones_like(p) for p in params],
-                                      rho=0.3, lr=0.1)
+    expected, *_ = reference_sgd_step(
+        params, x, y, [np.ones_like(p) for p in params], rho=0.3, lr=0.1
+    )
     assert H == 7
     for got, want in zip(model.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
@@ -202,8 +213,7 @@ def _build(kind, seed):
     )
 
 
-@pytest.mark.parametrize("kind", ["functional", "sequential", "subclassed",
-                                  "applications"])
+@pytest.mark.parametrize("kind", ["functional", "sequential", "subclassed", "applications"])
 def test_wraps_every_model_kind_zero_mask_equals_plain(kind):
     rng = np.random.default_rng(0)
     shape = (16, 32, 32, 3) if kind == "applications" else (16, D)
@@ -212,8 +222,7 @@ def test_wraps_every_model_kind_zero_mask_equals_plain(kind):
     plain, inner = _build(kind, 0), _build(kind, 0)
     ssam = SSAMModel(inner, rho=0.5)
     ssam.set_masks([np.zeros(m.shape) for m in ssam.masks])
-    loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=kind != "applications")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=kind != "applications")
     for model in (plain, ssam):
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -229,7 +238,8 @@ def test_wraps_every_model_kind_zero_mask_equals_plain(kind):
     ssam.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
     moved = [np.abs(a - b).max() for a, b in zip(plain.get_weights(), inner.get_weights())]
     assert max(moved) > 1e-6 and any(
-        np.abs(a - b).max() > 0 for a, b in zip(before, inner.get_weights()))
+        np.abs(a - b).max() > 0 for a, b in zip(before, inner.get_weights())
+    )
 
 
 def test_export_serves_inner_model_without_keras_ssam(tmp_path):
@@ -245,8 +255,8 @@ def test_export_serves_inner_model_without_keras_ssam(tmp_path):
         import sys, numpy as np, tensorflow as tf
         loaded = tf.saved_model.load({export_dir!r})
         fn = loaded.signatures["serving_default"]
-        out = list(fn(tf.constant(np.load({str(tmp_path / 'x.npy')!r}))).values())[0]
-        np.save({str(tmp_path / 'y.npy')!r}, out.numpy())
+        out = list(fn(tf.constant(np.load({str(tmp_path / "x.npy")!r}))).values())[0]
+        np.save({str(tmp_path / "y.npy")!r}, out.numpy())
         names = [v.name for v in loaded.variables]
         assert not any("mask" in n or "rho" in n for n in names), names
         assert not any(m.startswith("keras_ssam") for m in sys.modules)
@@ -262,9 +272,16 @@ class TestBadInput:
     def _model(self):
         return make_mlp(make_params())
 
-    @pytest.mark.parametrize("rho,error", [(-0.1, ValueError), (float("nan"), ValueError),
-                                           (float("inf"), ValueError), ("0.1", TypeError),
-                                           (True, TypeError)])
+    @pytest.mark.parametrize(
+        "rho,error",
+        [
+            (-0.1, ValueError),
+            (float("nan"), ValueError),
+            (float("inf"), ValueError),
+            ("0.1", TypeError),
+            (True, TypeError),
+        ],
+    )
     def test_bad_rho(self, rho, error):
         with pytest.raises(error, match="rho="):
             SSAMModel(self._model(), rho=rho)
@@ -284,8 +301,9 @@ class TestBadInput:
         with pytest.raises(ValueError, match="no trainable variables"):
             SSAMModel(model)
 
-    @pytest.mark.parametrize("arg,value", [("eta", -1.0), ("epsilon", float("nan")),
-                                           ("adaptive", "yes")])
+    @pytest.mark.parametrize(
+        "arg,value", [("eta", -1.0), ("epsilon", float("nan")), ("adaptive", "yes")]
+    )
     def test_bad_scalars(self, arg, value):
         with pytest.raises((ValueError, TypeError), match=f"{arg}="):
             SSAMModel(self._model(), **{arg: value})

@@ -51,37 +51,51 @@ def fit_one_step(model, x, y, lr=0.1, **fit_kwargs):
         optimizer=keras.optimizers.SGD(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    return model.fit(x, y, batch_size=N, epochs=1, shuffle=False, verbose=0,
-                     **fit_kwargs)
+    return model.fit(x, y, batch_size=N, epochs=1, shuffle=False, verbose=0, **fit_kwargs)
 
 
 @pytest.mark.parametrize(
     "norm_scope,adaptive,l2",
-    [("all", False, 0.0), ("masked", False, 0.0), ("all", True, 0.0),
-     ("masked", True, 0.0), ("all", False, 0.01)],
+    [
+        ("all", False, 0.0),
+        ("masked", False, 0.0),
+        ("all", True, 0.0),
+        ("masked", True, 0.0),
+        ("all", False, 0.01),
+    ],
 )
 def test_one_step_matches_reference(norm_scope, adaptive, l2):
     x, y = make_data()
     params = make_params()
     masks = random_masks(params)
-    model = SSAMModel(make_mlp(params, l2), rho=0.3, norm_scope=norm_scope,
-                      adaptive=adaptive, eta=0.05)
+    model = SSAMModel(
+        make_mlp(params, l2), rho=0.3, norm_scope=norm_scope, adaptive=adaptive, eta=0.05
+    )
     model.set_masks(masks)
     history = fit_one_step(model, x, y)
 
     expected, _, loss, loss2 = reference_sgd_step(
-        params, x, y, masks, rho=0.3, lr=0.1, l2=l2, norm_scope=norm_scope,
-        adaptive=adaptive, eta=0.05,
+        params,
+        x,
+        y,
+        masks,
+        rho=0.3,
+        lr=0.1,
+        l2=l2,
+        norm_scope=norm_scope,
+        adaptive=adaptive,
+        eta=0.05,
     )
     for got, want in zip(model.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     # Logs: loss is the unperturbed L(w); sharpness is L(w+e) - L(w).
     np.testing.assert_allclose(history.history["loss"][0], loss, rtol=1e-5)
-    np.testing.assert_allclose(history.history["sharpness"][0], loss2 - loss,
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(history.history["mask_density"][0],
-                               sum(m.sum() for m in masks)
-                               / sum(m.size for m in masks), rtol=1e-6)
+    np.testing.assert_allclose(history.history["sharpness"][0], loss2 - loss, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        history.history["mask_density"][0],
+        sum(m.sum() for m in masks) / sum(m.size for m in masks),
+        rtol=1e-6,
+    )
 
 
 def test_all_ones_mask_is_dense_sam():
@@ -101,8 +115,10 @@ def test_all_ones_mask_is_dense_sam():
 @pytest.mark.parametrize("case", ["zero_mask", "rho_zero"])
 @pytest.mark.parametrize(
     "optimizer_fn",
-    [lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-     lambda: keras.optimizers.AdamW(0.01, weight_decay=0.01)],
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.01),
+    ],
     ids=["sgd_momentum", "adamw"],
 )
 def test_degenerate_cases_equal_base_optimizer(case, optimizer_fn):
@@ -121,8 +137,7 @@ def test_degenerate_cases_equal_base_optimizer(case, optimizer_fn):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-        logs.append(model.fit(x, y, batch_size=8, epochs=2, shuffle=False,
-                              verbose=0).history)
+        logs.append(model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history)
     for a, b in zip(plain.get_weights(), ssam.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     # The unperturbed pass feeds the logs: identical to the plain model's.
@@ -157,8 +172,7 @@ def test_compile_and_fit_options_match_plain_training(option):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             **compile_kwargs,
         )
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
-                  **fit_kwargs)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, **fit_kwargs)
     for a, b in zip(plain.get_weights(), ssam.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
@@ -198,8 +212,7 @@ def test_jit_compile_step_matches_reference():
         jit_compile=True,
     )
     model.fit(x, y, batch_size=N, epochs=1, shuffle=False, verbose=0)
-    expected, *_ = reference_sgd_step(params, x, y, masks, rho=0.3, lr=0.1,
-                                      norm_scope="masked")
+    expected, *_ = reference_sgd_step(params, x, y, masks, rho=0.3, lr=0.1, norm_scope="masked")
     for got, want in zip(model.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
@@ -208,13 +221,18 @@ class TestPerturbationNorms:
     def setup_method(self):
         rng = np.random.default_rng(7)
         self.grads = [rng.normal(size=s).astype("float32") for s in [(4, 6), (6,)]]
-        self.masks = [(rng.random(g.shape) < 0.3).astype("float32")
-                      for g in self.grads]
+        self.masks = [(rng.random(g.shape) < 0.3).astype("float32") for g in self.grads]
 
     def _e(self, **kwargs):
-        return [t.numpy() for t in sparse_perturbation(
-            [tf.constant(g) for g in self.grads],
-            [tf.constant(m) for m in self.masks], 0.07, **kwargs)]
+        return [
+            t.numpy()
+            for t in sparse_perturbation(
+                [tf.constant(g) for g in self.grads],
+                [tf.constant(m) for m in self.masks],
+                0.07,
+                **kwargs,
+            )
+        ]
 
     @staticmethod
     def _norm(e):
@@ -228,8 +246,7 @@ class TestPerturbationNorms:
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
     def test_masked_scope_norm_equals_rho(self):
-        np.testing.assert_allclose(self._norm(self._e(norm_scope="masked")),
-                                   0.07, rtol=1e-6)
+        np.testing.assert_allclose(self._norm(self._e(norm_scope="masked")), 0.07, rtol=1e-6)
 
     def test_zero_where_mask_is_zero(self):
         for scope in ("all", "masked"):
@@ -240,10 +257,18 @@ class TestPerturbationNorms:
     def test_adaptive_matches_numpy(self):
         rng = np.random.default_rng(8)
         weights = [rng.normal(size=g.shape).astype("float32") for g in self.grads]
-        e = self._e(adaptive=True, variables=[tf.constant(w) for w in weights],
-                    eta=0.1, norm_scope="masked")
-        want = numpy_perturbation(self.grads, self.masks, 0.07, weights=weights,
-                                  adaptive=True, eta=0.1, norm_scope="masked")
+        e = self._e(
+            adaptive=True, variables=[tf.constant(w) for w in weights], eta=0.1, norm_scope="masked"
+        )
+        want = numpy_perturbation(
+            self.grads,
+            self.masks,
+            0.07,
+            weights=weights,
+            adaptive=True,
+            eta=0.1,
+            norm_scope="masked",
+        )
         for a, b in zip(e, want):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
 
