@@ -1,43 +1,188 @@
-"""End-to-end CLI runs on the offline digits dataset."""
+"""The training CLI end to end, offline: digits, an image folder, mocked tfds."""
 
 import json
+import os
+import tarfile
 
+import numpy as np
 import pytest
 
-from keras_ssam import cli
+from keras_ssam import cli, data, models
+
+SHARED = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-images.tar.gz"
+)
+
+
+def run(tmp_path, *argv):
+    out = tmp_path / "out"
+    results = cli.main(["train", "--verbose", "0", "--out", str(out), *argv])
+    return results, out
 
 
 @pytest.mark.parametrize("optimizer", cli.OPTIMIZERS)
-def test_train_on_digits_beats_chance(tmp_path, optimizer):
-    out = tmp_path / optimizer
-    cli.main(
-        [
-            "train",
-            "--optimizer",
-            optimizer,
-            "--epochs",
-            "3",
-            "--verbose",
-            "0",
-            "--sparsity",
-            "0.5",
-            "--out",
-            str(out),
-        ]
-    )
-    results = json.loads((out / "results.json").read_text())
-    assert results["test_accuracy"] > 0.7  # chance is 0.1
-    assert len(results["history"]["loss"]) == 3
+def test_digits_each_optimizer_beats_chance(tmp_path, optimizer):
+    results, out = run(tmp_path, "--optimizer", optimizer, "--epochs", "3")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test_accuracy"] == results["test_accuracy"] > 0.7  # chance: 0.1
+    assert saved["dataset"]["num_test"] == 360
+    assert len(saved["history"]["loss"]) == 3
     assert (out / "history.csv").read_text().count("\n") == 4
-    if optimizer in ("ssam-f", "ssam-d", "ssam-random"):
-        assert results["mask_density"] == pytest.approx(0.5, abs=1e-4)
-    elif optimizer == "sam":
-        assert results["mask_density"] == 1.0
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert all(json.loads(line)["epoch_seconds"] > 0 for line in lines)
+    assert os.listdir(out / "tensorboard")
+    if optimizer == "sgd":
+        assert "mask_density" not in saved
+    else:
+        want = 1.0 if optimizer == "sam" else 0.5
+        assert saved["mask_density"] == pytest.approx(want, abs=1e-4)
+        assert all(s > 0 for s in saved["history"]["sharpness"])
+
+
+def test_presets_follow_the_paper():
+    args = cli.resolve(
+        cli.build_parser().parse_args(["train", "--dataset", "cifar100", "--optimizer", "ssam-d"])
+    )
+    assert (
+        args.model,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.rho,
+        args.weight_decay,
+        args.cutout,
+    ) == ("resnet18", 200, 128, 0.05, 0.2, 1e-3, True)
+    args = cli.resolve(
+        cli.build_parser().parse_args(["train", "--dataset", "cifar10", "--optimizer", "sgd"])
+    )
+    assert (args.rho, args.weight_decay) == (0.1, 5e-4)
+    args = cli.resolve(cli.build_parser().parse_args(["train", "--dataset", "imagenet2012"]))
+    assert (args.model, args.batch_size, args.lr, args.weight_decay, args.rho) == (
+        "resnet50",
+        256,
+        0.1,
+        1e-4,
+        0.07,
+    )
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    if not os.path.exists(SHARED):
+        pytest.skip(f"shared CIFAR-10 archive not found at {SHARED}")
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+    with tarfile.open(SHARED) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        # Files are grouped by class: a seeded sample keeps every class.
+        keep = [members[i] for i in rng.permutation(len(members))[:600]]
+        tar.extractall(root, members=keep, filter="data")
+    return root
+
+
+def test_folder_dataset_end_to_end(tmp_path, cifar_folder):
+    results, out = run(
+        tmp_path,
+        "--dataset",
+        f"folder:{cifar_folder}",
+        "--model",
+        "small_cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--optimizer",
+        "ssam-d",
+        "--export",
+        str(tmp_path / "export"),
+    )
+    assert results["dataset"]["num_classes"] == 10
+    assert results["dataset"]["num_train"] + results["dataset"]["num_test"] == 600
+    assert results["mask_density"] == pytest.approx(0.5, abs=1e-4)
+    assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+def test_folder_pipeline_values(cifar_folder):
+    train, test, info = data.load(f"folder:{cifar_folder}", batch_size=8, seed=1, augment=False)
+    x, y = next(iter(test))
+    assert x.shape == (8, 32, 32, 3) and x.dtype == "float32"
+    assert 0 <= float(np.min(x)) and float(np.max(x)) <= 255
+    assert info.input_shape == (32, 32, 3) and len(info.mean) == 3
+
+
+def test_tfds_path_with_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=48):
+        results, _ = run(
+            tmp_path,
+            "--dataset",
+            "cifar10",
+            "--model",
+            "small_cnn",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "ssam-f",
+            "--num-samples",
+            "8",
+        )
+    assert results["dataset"] == {
+        "name": "cifar10",
+        "num_train": 48,
+        "num_test": 48,
+        "num_classes": 10,
+    }
+
+
+def test_augmentation_is_seeded_and_shape_preserving():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(16, 32, 32, 3)).astype("uint8")
+    y = rng.integers(0, 10, size=16)
+    info = data.DatasetInfo("t", 10, (32, 32, 3), 16, 0, (1.0, 2.0, 3.0), (1, 1, 1))
+    first = [b[0].numpy() for b in data._small_pipeline(x, y, info, 16, 3, True, True, True)]
+    again = [b[0].numpy() for b in data._small_pipeline(x, y, info, 16, 3, True, True, True)]
+    np.testing.assert_array_equal(first[0], again[0])
+    assert first[0].shape == (16, 32, 32, 3)
+    # Cutout fills a square (up to 16x16) with the mean pixel.
+    filled = np.all(first[0] == np.array([1.0, 2.0, 3.0]), axis=-1).sum(axis=(1, 2))
+    assert np.all(filled >= 8 * 8) and np.all(filled <= 16 * 16)
 
 
 @pytest.mark.parametrize(
-    "flag,value", [("--optimizer", "adam-sam"), ("--dataset", "mnist"), ("--model", "vit")]
+    "argv,message",
+    [
+        (["--optimizer", "adam-sam"], "received 'adam-sam'"),
+        (["--model", "vit"], "received 'vit'"),
+        (["--dataset", "no_such_dataset_xyz"], "not 'digits', 'folder:PATH'"),
+        (["--dataset", "folder:/nonexistent/place"], "no such folder"),
+        (["--distribute", "tpu"], "received 'tpu'"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+    ],
 )
-def test_unknown_choices_fail_clearly(tmp_path, flag, value):
-    with pytest.raises(SystemExit, match=f"received '{value}'"):
-        cli.main(["train", flag, value, "--out", str(tmp_path)])
+def test_bad_arguments_fail_clearly(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        run(tmp_path, *argv)
+
+
+def test_folder_without_images_fails_clearly(tmp_path):
+    for split in ("train/cat", "test/cat"):
+        os.makedirs(tmp_path / "imgs" / split)
+    with pytest.raises(SystemExit, match="no images"):
+        run(tmp_path, "--dataset", f"folder:{tmp_path / 'imgs'}")
+
+
+@pytest.mark.parametrize(
+    "name,classes,shape,params",
+    [
+        ("resnet18", 10, (32, 32, 3), 11.17e6),
+        ("wrn28_10", 10, (32, 32, 3), 36.48e6),
+        ("vgg11_bn", 10, (32, 32, 3), 9.23e6),
+        ("resnet50", 1000, (224, 224, 3), 25.58e6),
+    ],
+)
+def test_model_sizes_match_the_paper(name, classes, shape, params):
+    model = models.build_model(name, classes, shape)
+    count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert abs(count - params) / params < 0.005
+    assert model.output_shape == (None, classes)
