@@ -374,8 +374,8 @@ class SSAMModel(keras.Model):
         ctx = tf.distribute.get_replica_context()
         if self.perturbation == "local" and ctx is not None and (ctx.num_replicas_in_sync > 1):
             # Every replica must take the same branch: skip if any overflowed.
-            flag = ctx.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, "float32"))
-            finite = flag > 0.5
+            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, "float32"))
+            finite = bad < 0.5
         return finite
 
     def _ascent_gradients(self, grads):

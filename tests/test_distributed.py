@@ -1,0 +1,51 @@
+"""MirroredStrategy on 2 logical CPUs (in a subprocess; see distributed_checks.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def facts():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, os.path.join(HERE, "distributed_checks.py")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("FACTS ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1][len("FACTS "):])
+
+
+def test_global_perturbation_matches_one_device(facts):
+    # Same global batches, no BatchNorm: the 2-replica run is the 1-device run.
+    # This also rules out a double all-reduce of the final gradient.
+    assert facts["global_vs_one_device"] <= 1e-5
+    assert facts["masked_global_vs_one_device"] <= 1e-5
+
+
+def test_replicas_stay_bitwise_identical(facts):
+    for key in ("global", "local", "fisher", "dynamic", "nonfinite"):
+        assert facts[f"{key}_replicas_identical"], key
+
+
+def test_local_perturbation_is_per_replica(facts):
+    # Matches a reference where each half-batch perturbs with its own gradient;
+    # the two replicas' perturbations differ, and the result differs from global.
+    assert facts["local_vs_reference"] <= 1e-5
+    assert facts["local_perturbation_gap"] > 1e-2
+    assert facts["local_vs_global"] > 1e-3
+
+
+@pytest.mark.parametrize("name,updates", [("fisher", 3), ("dynamic", 6)])
+def test_masks_identical_and_equal_to_one_device(facts, name, updates):
+    assert facts[f"{name}_updates"] == updates
+    assert facts[f"{name}_density"] == 0.5
+    assert facts[f"{name}_vs_one_device"] <= 1e-5
+
+
+def test_non_finite_on_one_replica_skips_the_step_everywhere(facts):
+    assert facts["nonfinite_unchanged"] == 0.0
