@@ -298,12 +298,14 @@ class SSAMModel(keras.Model):
         )
         self.sharpness_tracker.update_state(_unscale_for_distribution(loss2 - loss))
         self.mask_density_tracker.update_state(self._density())
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return _for_multi_worker(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def test_step(self, data):
         # Sharpness and mask density describe training steps only.
         logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in self._train_only_logs}
+        return _for_multi_worker(
+            {k: v for k, v in logs.items() if k not in self._train_only_logs}
+        )
 
     _train_only_logs = ("sharpness", "mask_density")
 
@@ -406,6 +408,27 @@ class SSAMModel(keras.Model):
             return
         _apply_if(optimizer, finite, grads, variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 reduces the first batch across workers here, which fails
+        # under MultiWorkerMirroredStrategy (keras-team/keras#20585). Only
+        # the shapes matter, so build from one local replica's batch.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = next(it)
+            break
+        local = tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0]
+            if isinstance(v, tf.distribute.DistributedValues)
+            else v,
+            batch,
+        )
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
     # -------------------------------------------------------------- exports
     def export(self, filepath, format="tf_saved_model", **kwargs):
         """Exports the wrapped model only; masks and SSAM state stay out."""
@@ -433,6 +456,14 @@ class SSAMModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+def _for_multi_worker(logs):
+    # Under MultiWorkerMirroredStrategy Keras 3 averages logs along axis 0,
+    # which fails for scalars (keras-team/keras#20585): give them that axis.
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
 
 
 def _unscale_for_distribution(value):
