@@ -32,7 +32,7 @@ def loop_fisher(inner, loss_fn, x, y):
 
     totals = [tf.zeros(v.shape) for v in variables]
     for i in range(len(y)):
-        totals = [t + g for t, g in zip(totals, one(x[i:i + 1], y[i:i + 1]))]
+        totals = [t + g for t, g in zip(totals, one(x[i : i + 1], y[i : i + 1]))]
     return totals
 
 
@@ -67,17 +67,20 @@ def main():
     x = rng.normal(size=(n_max, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, n_max)
 
-    print(f"model={args.model} params={inner.count_params():,} chunk={args.chunk} "
-          f"threads={os.cpu_count()}")
+    print(
+        f"model={args.model} params={inner.count_params():,} chunk={args.chunk} "
+        f"threads={os.cpu_count()}"
+    )
     print(f"{'samples':>8} {'loop s':>9} {'vectorized s':>13} {'speed-up':>9} {'max rel err':>12}")
     for n in args.samples:
         fisher = keras_ssam.FisherMask(x, y, num_samples=n, chunk_size=args.chunk)
         fisher.set_model(model)
         t_vec, vec = timed(lambda: fisher.fisher_scores(x[:n], y[:n]), args.repeats)
-        t_loop, ref = timed(lambda: loop_fisher(inner, loss.call, x[:n], y[:n]),
-                            args.repeats)
-        err = max(float(np.max(np.abs(a.numpy() - b.numpy())) / (np.max(np.abs(b)) + 1e-30))
-                  for a, b in zip(vec, ref))
+        t_loop, ref = timed(lambda: loop_fisher(inner, loss.call, x[:n], y[:n]), args.repeats)
+        err = max(
+            float(np.max(np.abs(a.numpy() - b.numpy())) / (np.max(np.abs(b)) + 1e-30))
+            for a, b in zip(vec, ref)
+        )
         print(f"{n:>8} {t_loop:>9.2f} {t_vec:>13.2f} {t_loop / t_vec:>8.1f}x {err:>12.1e}")
 
 

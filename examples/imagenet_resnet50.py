@@ -28,14 +28,18 @@ with strategy.scope():
     steps = args.epochs * -(-info.num_train // args.batch_size)
     model.compile(
         optimizer=keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(0.1, steps), momentum=0.9,
-            weight_decay=1e-4),
+            keras.optimizers.schedules.CosineDecay(0.1, steps), momentum=0.9, weight_decay=1e-4
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
 model.fit(
-    train, validation_data=val, epochs=args.epochs,
-    callbacks=[keras_ssam.FisherMask(train, num_samples=128, sparsity=args.sparsity),
-               keras.callbacks.BackupAndRestore("checkpoints/imagenet")],
+    train,
+    validation_data=val,
+    epochs=args.epochs,
+    callbacks=[
+        keras_ssam.FisherMask(train, num_samples=128, sparsity=args.sparsity),
+        keras.callbacks.BackupAndRestore("checkpoints/imagenet"),
+    ],
 )
 model.export("serving/resnet50/1")

@@ -2,9 +2,11 @@
 
 from keras_ssam.dynamic_mask import DynamicMask
 from keras_ssam.fisher_mask import FisherMask
+from keras_ssam.linked_rho_scheduler import LinkedRhoScheduler
 from keras_ssam.mask_callback import MaskCallback
 from keras_ssam.perturbation import sparse_perturbation
 from keras_ssam.random_mask import RandomMask
+from keras_ssam.rho_scheduler import RhoScheduler
 from keras_ssam.ssam_model import SSAMModel
 
 __version__ = "0.1.0"
@@ -12,8 +14,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DynamicMask",
     "FisherMask",
+    "LinkedRhoScheduler",
     "MaskCallback",
     "RandomMask",
+    "RhoScheduler",
     "SSAMModel",
     "sparse_perturbation",
     "__version__",

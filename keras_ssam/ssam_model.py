@@ -61,6 +61,13 @@ class SSAMModel(keras.Model):
             replica with its own gradient (Foret et al.'s m-sharpness).
             Identical on one device. Defaults to `"global"`.
         epsilon: Float. Added to the gradient norm. Defaults to `1e-12`.
+        num_batch_splits: Integer. Foret et al.'s m-sharpness on one device:
+            each batch is cut into this many contiguous sub-batches (sizes
+            differing by at most one, so a short last batch works), each with
+            its own perturbation and perturbed gradient; the update uses their
+            size-weighted mean (tf-keras sums them). BatchNorm statistics are
+            then updated once per sub-batch, and an in-step mask update uses
+            the first sub-batch's gradient. Defaults to `1`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
 
     Example:
@@ -92,6 +99,7 @@ class SSAMModel(keras.Model):
         eta=0.01,
         perturbation="global",
         epsilon=1e-12,
+        num_batch_splits=1,
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -115,8 +123,18 @@ class SSAMModel(keras.Model):
                 raise ValueError(
                     f"`{name}` must be a finite number >= 0; received {name}={value!r}."
                 )
+        if (
+            isinstance(num_batch_splits, bool)
+            or not isinstance(num_batch_splits, numbers.Integral)
+            or num_batch_splits < 1
+        ):
+            raise ValueError(
+                "`num_batch_splits` must be an integer >= 1; received "
+                f"num_batch_splits={num_batch_splits!r}."
+            )
         super().__init__(**kwargs)
         self.model = model
+        self.num_batch_splits = int(num_batch_splits)
         self.norm_scope = norm_scope
         self.adaptive = adaptive
         self.eta = float(eta)
@@ -265,12 +283,43 @@ class SSAMModel(keras.Model):
             # Without a strategy Keras defers this to the first apply; the
             # loss-scale variables are needed before it (to unscale g).
             self.optimizer.build(variables)
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        grads, finite, preds = None, tf.constant(True), []
+        for i, (sx, sy, sw, size) in enumerate(self._batch_splits(x, y, sample_weight, batch)):
+            loss, y_pred, grads2, ok = self._sam_gradients(sx, sy, sw, variables, first=i == 0)
+            # Size-weighted mean over sub-batches: with an even split, the mean.
+            weight = tf.cast(size, "float32") / tf.cast(batch, "float32")
+            if self.num_batch_splits > 1:
+                # An empty sub-batch (batch < num_batch_splits) adds nothing.
+                grads2 = [
+                    None
+                    if g is None
+                    else tf.where(size > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g))
+                    for g in grads2
+                ]
+                ok = tf.logical_or(ok, size == 0)
+            grads = grads2 if grads is None else [_add(a, b) for a, b in zip(grads, grads2)]
+            finite = tf.logical_and(finite, ok)
+            preds.append(y_pred)
+        self._apply(finite, grads, variables)
+        self.mask_density_tracker.update_state(self._density())
+        y_pred = (
+            preds[0]
+            if len(preds) == 1
+            else tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *preds)
+        )
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = dict(logs, rho=tf.cast(self._rho, "float32"))
+        return _for_multi_worker(logs)
 
-        # Algorithm 1, line 1: g = grad L(w), updating BatchNorm statistics.
+    def _sam_gradients(self, x, y, sample_weight, variables, first=True):
+        """Algorithm 1 on one (sub-)batch: returns L(w), f(x), grad L(w + e), finite."""
+        # Line 1: g = grad L(w), updating BatchNorm statistics.
         loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
         ascent = self._ascent_gradients(self._unscale(grads))
         finite = self._all_finite(ascent)
-        self._maybe_update_masks_in_step(ascent, variables)
+        if first:
+            self._maybe_update_masks_in_step(ascent, variables)
 
         # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
         e = sparse_perturbation(
@@ -290,24 +339,36 @@ class SSAMModel(keras.Model):
         loss2, _, grads2 = self._loss_and_grads(
             x, y, sample_weight, state=list(zip(variables, perturbed))
         )
-        self._apply(finite, grads2, variables)
-
-        self._loss_tracker.update_state(
-            _unscale_for_distribution(loss),
-            sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+        size = tf.shape(tf.nest.flatten(x)[0])[0]
+        if self.num_batch_splits > 1:  # an empty sub-batch gives an empty loss
+            loss, loss2 = (tf.where(size > 0, tf.reduce_sum(v), 0.0) for v in (loss, loss2))
+        self._loss_tracker.update_state(_unscale_for_distribution(loss), sample_weight=size)
+        self.sharpness_tracker.update_state(
+            _unscale_for_distribution(loss2 - loss), sample_weight=size
         )
-        self.sharpness_tracker.update_state(_unscale_for_distribution(loss2 - loss))
-        self.mask_density_tracker.update_state(self._density())
-        return _for_multi_worker(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+        return loss, y_pred, grads2, finite
+
+    def _batch_splits(self, x, y, sample_weight, batch):
+        """`num_batch_splits` contiguous sub-batches, sizes differing by at most one."""
+        k = self.num_batch_splits
+        if k == 1:
+            return [(x, y, sample_weight, batch)]
+        sizes = batch // k + tf.cast(tf.range(k) < batch % k, batch.dtype)
+
+        def split(structure):
+            if structure is None:
+                return [None] * k
+            leaves = [tf.split(t, sizes, num=k, axis=0) for t in tf.nest.flatten(structure)]
+            return [tf.nest.pack_sequence_as(structure, [p[i] for p in leaves]) for i in range(k)]
+
+        return list(zip(split(x), split(y), split(sample_weight), tf.unstack(sizes)))
 
     def test_step(self, data):
         # Sharpness and mask density describe training steps only.
         logs = super().test_step(data)
-        return _for_multi_worker(
-            {k: v for k, v in logs.items() if k not in self._train_only_logs}
-        )
+        return _for_multi_worker({k: v for k, v in logs.items() if k not in self._train_only_logs})
 
-    _train_only_logs = ("sharpness", "mask_density")
+    _train_only_logs = ("sharpness", "mask_density", "rho")
 
     def _maybe_update_masks_in_step(self, grads, variables):
         if self._in_step_mask_fn is None:
@@ -413,17 +474,17 @@ class SSAMModel(keras.Model):
         # under MultiWorkerMirroredStrategy (keras-team/keras#20585). Only
         # the shapes matter, so build from one local replica's batch.
         strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is None or not isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
+        if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:
             batch = next(it)
             break
         local = tf.nest.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0]
-            if isinstance(v, tf.distribute.DistributedValues)
-            else v,
+            lambda v: (
+                strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v
+            ),
             batch,
         )
         with strategy.scope():
@@ -445,6 +506,7 @@ class SSAMModel(keras.Model):
                 "eta": self.eta,
                 "perturbation": self.perturbation,
                 "epsilon": self.epsilon,
+                "num_batch_splits": self.num_batch_splits,
             }
         )
         return config
@@ -456,6 +518,12 @@ class SSAMModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def _for_multi_worker(logs):

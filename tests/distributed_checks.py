@@ -19,8 +19,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-import keras_ssam  # noqa: E402
 from reference import numpy_perturbation  # noqa: E402
+
+import keras_ssam  # noqa: E402
 
 D, H, C, N, BATCH = 5, 7, 3, 32, 16
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -34,12 +35,12 @@ ONE = tf.distribute.OneDeviceStrategy("/cpu:0")
 def mlp():
     # No BatchNorm: per-replica batch statistics would differ from 1 device.
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((D,)), keras.layers.Dense(H, activation="relu"),
-                             keras.layers.Dense(C)])
+    return keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(H, activation="relu"), keras.layers.Dense(C)]
+    )
 
 
-def train(strategy, perturbation="global", callbacks=(), epochs=2, x=X, momentum=0.9,
-          masks=None):
+def train(strategy, perturbation="global", callbacks=(), epochs=2, x=X, momentum=0.9, masks=None):
     with strategy.scope():
         model = keras_ssam.SSAMModel(mlp(), rho=0.3, perturbation=perturbation)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=momentum), loss=LOSS)
@@ -95,37 +96,43 @@ def main():
     masks = [(rng.random(v.shape) < 0.5).astype("float32") for v in mlp().trainable_variables]
     facts["masked_global_vs_one_device"] = max_diff(
         train(ONE, masks=masks).model.get_weights(),
-        train(MIRRORED, masks=masks).model.get_weights())
+        train(MIRRORED, masks=masks).model.get_weights(),
+    )
 
     expected, facts["local_perturbation_gap"] = local_reference()
     with MIRRORED.scope():
         local = keras_ssam.SSAMModel(mlp(), rho=0.3, perturbation="local")
         local.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-    local.fit(tf.data.Dataset.from_tensor_slices((X[:BATCH], Y[:BATCH])).batch(BATCH),
-              epochs=1, verbose=0)
+    local.fit(
+        tf.data.Dataset.from_tensor_slices((X[:BATCH], Y[:BATCH])).batch(BATCH), epochs=1, verbose=0
+    )
     facts["local_vs_reference"] = max_diff(local.model.get_weights(), expected)
     global_one = train(MIRRORED, epochs=1, momentum=0.0)
-    facts["local_vs_global"] = max_diff(local.model.get_weights(),
-                                        [w for w in global_one.model.get_weights()])
+    facts["local_vs_global"] = max_diff(
+        local.model.get_weights(), [w for w in global_one.model.get_weights()]
+    )
     facts["local_replicas_identical"] = replicas_identical(local)
 
-    for name, callback in (("fisher", keras_ssam.FisherMask(X, Y, num_samples=8)),
-                           ("dynamic", keras_ssam.DynamicMask(0.5, update_unit="step",
-                                                              update_interval=1))):
+    for name, callback in (
+        ("fisher", keras_ssam.FisherMask(X, Y, num_samples=8)),
+        ("dynamic", keras_ssam.DynamicMask(0.5, update_unit="step", update_interval=1)),
+    ):
         model = train(MIRRORED, callbacks=[callback], epochs=3)
         facts[f"{name}_replicas_identical"] = replicas_identical(model)
         facts[f"{name}_updates"] = callback.updates
         facts[f"{name}_density"] = model.mask_density()
-        twin = (keras_ssam.DynamicMask(**callback.get_config()) if name == "dynamic"
-                else keras_ssam.FisherMask(X, Y, **callback.get_config()))
+        twin = (
+            keras_ssam.DynamicMask(**callback.get_config())
+            if name == "dynamic"
+            else keras_ssam.FisherMask(X, Y, **callback.get_config())
+        )
         ref = train(ONE, callbacks=[twin], epochs=3)
         facts[f"{name}_vs_one_device"] = max_diff(ref.get_weights(), model.get_weights())
 
     bad = X.copy()
     bad[BATCH - 1, 0] = np.nan  # only replica 1 of the first step sees it
     skipped = train(MIRRORED, x=bad[:BATCH], epochs=1)
-    facts["nonfinite_unchanged"] = max_diff(skipped.model.get_weights(),
-                                            mlp().get_weights())
+    facts["nonfinite_unchanged"] = max_diff(skipped.model.get_weights(), mlp().get_weights())
     facts["nonfinite_replicas_identical"] = replicas_identical(skipped)
     print("FACTS " + json.dumps(facts))
 

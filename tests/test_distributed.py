@@ -13,11 +13,16 @@ HERE = os.path.dirname(__file__)
 @pytest.fixture(scope="module")
 def facts():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    done = subprocess.run([sys.executable, os.path.join(HERE, "distributed_checks.py")],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(
+        [sys.executable, os.path.join(HERE, "distributed_checks.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     lines = [x for x in done.stdout.splitlines() if x.startswith("FACTS ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
-    return json.loads(lines[-1][len("FACTS "):])
+    return json.loads(lines[-1][len("FACTS ") :])
 
 
 def test_global_perturbation_matches_one_device(facts):
