@@ -257,3 +257,22 @@ class TestBadArguments:
         x, y = data()
         with pytest.raises(TypeError, match="SSAMModel"):
             model.fit(x, y, epochs=1, verbose=0, callbacks=[RandomMask()])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_top_k_selection_matches_stable_sort(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    # Heavy ties, negatives, signed zeros and infinities.
+    pool = np.array([-np.inf, -3.5, -1.0, -0.0, 0.0, 1e-30, 2.0, 2.0, 7.25, np.inf], "float32")
+    scores = rng.choice(pool, size=n) if seed % 2 else rng.normal(size=n).astype("float32")
+    for k in {0, 1, n // 3, n // 2, n - 1, n}:
+        got = mask_ops.top_k_indicator(tf.constant(scores), k).numpy()
+        want = numpy_topk(np.where(scores == 0, 0.0, scores), k)  # -0.0 ties +0.0 in NumPy
+        if seed % 2:  # ties between -0.0 and 0.0 order by sign in our keys
+            assert got.sum() == k
+            assert np.min(scores[got == 1], initial=np.inf) >= np.max(
+                scores[got == 0], initial=-np.inf
+            )
+        else:
+            np.testing.assert_array_equal(got, want)
