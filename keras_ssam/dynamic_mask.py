@@ -118,7 +118,7 @@ class DynamicMask(MaskCallback):
 
     def on_update_due(self, index):
         self._count.assign(self.drop_count(index))
-        self._update_index.assign(self.updates)
+        self._update_index.assign(index)
         self._pending = (mask_ops.flatten(self.model.masks), time.perf_counter())
         self.model.request_mask_update()
 
@@ -130,7 +130,7 @@ class DynamicMask(MaskCallback):
 
     def _in_step_update(self, grads, variables, masks):
         total = self.num_entries
-        seed = tf.stack([tf.constant(self.seed, "int64"), self._update_index + 1])
+        seed = tf.stack([tf.constant(self.seed, "int64"), self._update_index])
         scores = {
             "gradient": tf.abs(mask_ops.flatten(grads)),
             "weight": tf.abs(mask_ops.flatten(variables)),

@@ -67,15 +67,19 @@ class FisherMask(MaskCallback):
         self.x = x
         self.y = y
         self._examples = _check_data(x, y)
-        self._rng = np.random.default_rng(self.seed)
         self._jacobian_fn = None
 
     def sample(self):
-        """Draws `num_samples` examples (all of them if there are fewer)."""
+        """Draws `num_samples` examples (all of them if there are fewer).
+
+        The draw depends only on `(seed, index)` of the update, so a resumed
+        run draws what the uninterrupted run drew.
+        """
+        rng = np.random.default_rng([self.seed, self.index])
         if isinstance(self._examples, tf.data.Dataset):
             # A seeded shuffle buffer over the stream: no need to hold the
             # whole training set in memory.
-            seed = int(self._rng.integers(2**31))
+            seed = int(rng.integers(2**31))
             stream = self._examples.shuffle(max(1024, 8 * self.num_samples), seed=seed).take(
                 self.num_samples
             )
@@ -83,7 +87,7 @@ class FisherMask(MaskCallback):
             return np.stack(xs), np.stack(ys)
         xs, ys = self._examples
         count = len(ys)
-        take = self._rng.choice(count, size=min(self.num_samples, count), replace=False)
+        take = rng.choice(count, size=min(self.num_samples, count), replace=False)
         take.sort()
         return xs[take], ys[take]
 

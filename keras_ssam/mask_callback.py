@@ -66,8 +66,8 @@ class MaskCallback(keras.callbacks.Callback):
         self.updates = 0
         self.history = []
         self._epoch_log = {}
-        self._step = 0
         self._epoch = 0
+        self.index = 0
 
     # The one method a strategy must provide.
     def compute_mask(self):
@@ -92,12 +92,18 @@ class MaskCallback(keras.callbacks.Callback):
                 f"model of type {type(self.model).__name__}."
             )
 
-    def update_mask(self):
-        """Computes and assigns a new mask now; returns the update's log."""
+    def update_mask(self, index=0):
+        """Computes and assigns a new mask now; returns the update's log.
+
+        `index` is the epoch (or step) of the update; strategies derive their
+        randomness from `(seed, index)` so that a resumed run repeats it.
+        """
         start = time.perf_counter()
+        self.index = index
         old = mask_ops.flatten(self.model.masks)
         new = self.compute_mask()
         self.model.set_masks(new)
+        self.model.masks_initialized.assign(1)
         return self._record(old, start)
 
     def _record(self, old, start):
@@ -121,15 +127,20 @@ class MaskCallback(keras.callbacks.Callback):
     def _due(self, index):
         return self.update_interval is not None and index > 0 and index % self.update_interval == 0
 
+    def _global_step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
     # Keras hooks.
     def on_train_begin(self, logs=None):
         self._check_model()
         self._epoch_log = {}
-        self.update_mask()
+        # Masks restored from a backup (or kept from an earlier fit()) stay.
+        if int(keras.ops.convert_to_numpy(self.model.masks_initialized)) == 0:
+            self.update_mask(0)
 
     def on_update_due(self, index):
         """Called when an update is due at epoch or step `index`."""
-        self.update_mask()
+        self.update_mask(index)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -137,9 +148,10 @@ class MaskCallback(keras.callbacks.Callback):
             self.on_update_due(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.update_unit == "step" and self._due(self._step):
-            self.on_update_due(self._step)
-        self._step += 1
+        if self.update_unit == "step":
+            step = self._global_step()  # restored with the optimizer on resume
+            if self._due(step):
+                self.on_update_due(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -1,7 +1,10 @@
 """`SSAMModel`: a Keras model that trains with (Sparse) Sharpness-Aware Minimization."""
 
+import contextlib
 import math
 import numbers
+import os
+import warnings
 
 import keras
 import numpy as np
@@ -10,6 +13,7 @@ import tensorflow as tf
 from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
 
 PERTURBATIONS = ("global", "local")
+NON_FINITE = ("skip", "stop")
 
 
 def check_rho(rho):
@@ -68,6 +72,11 @@ class SSAMModel(keras.Model):
             size-weighted mean (tf-keras sums them). BatchNorm statistics are
             then updated once per sub-batch, and an in-step mask update uses
             the first sub-batch's gradient. Defaults to `1`.
+        non_finite: What a non-finite loss or first-pass gradient does (without
+            loss scaling): `"skip"` skips the step, weights and masks
+            untouched, and warns; `"stop"` also stops `fit()`. Under a
+            `LossScaleOptimizer` such steps are the loss scale's business and
+            are skipped silently. Defaults to `"skip"`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
 
     Example:
@@ -100,6 +109,7 @@ class SSAMModel(keras.Model):
         perturbation="global",
         epsilon=1e-12,
         num_batch_splits=1,
+        non_finite="skip",
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -114,6 +124,7 @@ class SSAMModel(keras.Model):
         rho = check_rho(rho)
         _check_choice("norm_scope", norm_scope, NORM_SCOPES)
         _check_choice("perturbation", perturbation, PERTURBATIONS)
+        _check_choice("non_finite", non_finite, NON_FINITE)
         if not isinstance(adaptive, bool):
             raise TypeError(f"`adaptive` must be a bool; received adaptive={adaptive!r}.")
         for name, value in (("eta", eta), ("epsilon", epsilon)):
@@ -135,6 +146,7 @@ class SSAMModel(keras.Model):
         super().__init__(**kwargs)
         self.model = model
         self.num_batch_splits = int(num_batch_splits)
+        self.non_finite = non_finite
         self.norm_scope = norm_scope
         self.adaptive = adaptive
         self.eta = float(eta)
@@ -194,12 +206,15 @@ class SSAMModel(keras.Model):
         ]
         self._mask_index = {id(v): i for i, v in enumerate(variables)}
         # Set by a callback to ask the next step for an in-step mask update.
-        self._mask_update_pending = self.add_weight(
-            name="mask_update_pending",
-            shape=(),
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
+        self._mask_update_pending = self._state_variable("mask_update_pending")
+        # 1 once a mask callback has set the masks: a resumed run keeps them.
+        self.masks_initialized = self._state_variable("masks_initialized")
+        # Steps skipped because the first-pass gradient was not finite.
+        self.non_finite_steps = self._state_variable("non_finite_steps")
+
+    def _state_variable(self, name):
+        return self.add_weight(
+            name=name, shape=(), dtype="int32", initializer="zeros", trainable=False
         )
 
     @property
@@ -467,6 +482,7 @@ class SSAMModel(keras.Model):
             ]
             optimizer.apply_gradients(zip(grads, variables))
             return
+        self.non_finite_steps.assign_add(1 - tf.cast(finite, "int32"))
         _apply_if(optimizer, finite, grads, variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -490,6 +506,56 @@ class SSAMModel(keras.Model):
         with strategy.scope():
             self._symbolic_build(data_batch=local)
 
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = list(callbacks or [])
+        callbacks.append(_NonFiniteMonitor())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # -------------------------------------------------------------- saving
+    def save_weights(self, filepath, overwrite=True, **kwargs):
+        # Write next to the target, then rename: a kill mid-save never
+        # leaves a truncated file under the real name.
+        with _atomic_path(filepath) as tmp:
+            super().save_weights(tmp, overwrite=True, **kwargs)
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        with _atomic_path(filepath) as tmp:
+            super().save(tmp, overwrite=True, **kwargs)
+
+    def _rng_states(self):
+        # Keras leaves SeedGenerator states (Dropout, random augmentation)
+        # out of weight files; kept here so a resumed run draws the same.
+        return [v for v in self.model.variables if v.name == "seed_generator_state"]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, v in enumerate(self._rng_states()):
+            store[f"rng_{i}"] = keras.ops.convert_to_numpy(v)
+
+    def load_own_variables(self, store):
+        own = self._trainable_variables + self._non_trainable_variables
+        keys = set(store.keys())
+        count = sum(1 for k in keys if not str(k).startswith("rng_"))
+        if count != len(own):
+            raise ValueError(
+                f"Cannot load SSAMModel state: the file holds {count} SSAM variables "
+                f"(rho, masks, counters), this model has {len(own)}. Was it saved from "
+                "a model with a different architecture?"
+            )
+        for i, v in enumerate(own):
+            shape = tuple(store[f"{i}"].shape)
+            if shape != tuple(v.shape):
+                raise ValueError(
+                    f"Cannot load SSAMModel state: `{v.name}` has shape {tuple(v.shape)} "
+                    f"in this model but {shape} in the file; the masks do not match the "
+                    "model's trainable variables."
+                )
+        for i, v in enumerate(own):
+            v.assign(store[f"{i}"])
+        for i, v in enumerate(self._rng_states()):
+            if f"rng_{i}" in keys:
+                v.assign(store[f"rng_{i}"])
+
     # -------------------------------------------------------------- exports
     def export(self, filepath, format="tf_saved_model", **kwargs):
         """Exports the wrapped model only; masks and SSAM state stay out."""
@@ -507,6 +573,7 @@ class SSAMModel(keras.Model):
                 "perturbation": self.perturbation,
                 "epsilon": self.epsilon,
                 "num_batch_splits": self.num_batch_splits,
+                "non_finite": self.non_finite,
             }
         )
         return config
@@ -518,6 +585,44 @@ class SSAMModel(keras.Model):
             config["model"], custom_objects=custom_objects
         )
         return cls(**config)
+
+
+class _NonFiniteMonitor(keras.callbacks.Callback):
+    """Warns about skipped non-finite steps; stops fit() if asked to."""
+
+    def on_train_begin(self, logs=None):
+        self._seen = int(self.model.non_finite_steps.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = int(self.model.non_finite_steps.numpy())
+        if count == self._seen:
+            return
+        self._seen = count
+        action = "stopping training" if self.model.non_finite == "stop" else "skipped"
+        warnings.warn(
+            f"SSAMModel: non-finite loss or gradient at batch {batch}; step {action} "
+            f"with weights and masks unchanged ({count} such steps so far).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if self.model.non_finite == "stop":
+            self.model.stop_training = True
+
+
+@contextlib.contextmanager
+def _atomic_path(filepath):
+    filepath = str(filepath)
+    if "://" in filepath:  # remote file systems: no rename semantics to rely on
+        yield filepath
+        return
+    folder, name = os.path.split(os.path.abspath(filepath))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    try:
+        yield tmp
+        os.replace(tmp, filepath)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _add(a, b):
