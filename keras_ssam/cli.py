@@ -99,6 +99,11 @@ def build_parser():
         default=None,
         help="BackupAndRestore directory: a killed run resumes from it",
     )
+    t.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="enable TensorFlow op determinism (bitwise-repeatable runs)",
+    )
     t.add_argument("--verbose", type=int, default=2)
     return parser
 
@@ -219,6 +224,10 @@ def train(args):
     from keras_ssam import data
 
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     if args.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     train_ds, test_ds, info = data.load(
@@ -237,6 +246,8 @@ def train(args):
     mask = _mask_callback(args, train_ds)
     if mask is not None:
         callbacks.insert(0, mask)
+    # First: the epoch keys the data order, which resumed runs must repeat.
+    callbacks.insert(0, data.epoch_callback(info))
     if args.checkpoint_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(args.checkpoint_dir))
     start = time.perf_counter()
@@ -267,6 +278,7 @@ def train(args):
         results["mask_density"] = model.mask_density()
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
+    model.save_weights(os.path.join(args.out, "final.weights.h5"))
     if args.export:
         model.export(args.export, verbose=False)
     print(

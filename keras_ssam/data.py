@@ -42,6 +42,7 @@ class DatasetInfo:
     mean: tuple | None = None
     std: tuple | None = None
     large: bool = False
+    epoch: object = dataclasses.field(default_factory=lambda: tf.Variable(0, dtype="int64"))
 
 
 def preprocessing_layers(info):
@@ -107,20 +108,53 @@ def _limit(x, y, limit, seed):
 
 # ------------------------------------------------------------ small images
 def _small_pipeline(x, y, info, batch_size, seed, augment, cutout, train):
-    data = tf.data.Dataset.from_tensor_slices((x, y))
-    if train:
-        data = data.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed + 17, rerandomize_each_iteration=True)
-        fill = np.asarray(info.mean if info.mean is not None else 0.0, "float32")
-        data = tf.data.Dataset.zip((data, seeds.batch(2))).map(
-            lambda xy, s: (_augment_small(xy[0], s, fill, cutout), xy[1]),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    else:
+    if not train:
+        data = tf.data.Dataset.from_tensor_slices((x, y))
         data = data.map(lambda a, b: (tf.cast(a, "float32"), b))
-    return data.batch(batch_size).prefetch(AUTOTUNE)
+        return data.batch(batch_size).prefetch(AUTOTUNE)
+    fill = np.asarray(info.mean if info.mean is not None else 0.0, "float32")
+    x, y = tf.constant(x), tf.constant(y)
+
+    def example(index, example_seed):
+        image = x[index]
+        if augment:
+            image = _augment_small(image, example_seed, fill, cutout)
+        return tf.cast(image, "float32"), y[index]
+
+    return _epoch_stream(len(y), info, seed, example).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _epoch_stream(count, info, seed, example):
+    """Examples in an order (and with augmentation seeds) that depend only on
+    `(seed, epoch)`, the epoch being read from `info.epoch` when an epoch's
+    iterator starts. A run resumed at epoch e therefore sees exactly the
+    batches the uninterrupted run saw at epoch e; `EpochSeed` sets it."""
+
+    def order(_):
+        epoch = info.epoch.read_value()
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype="int64"), seed=tf.stack([tf.constant(seed, "int64"), epoch])
+        )
+        seeds = tf.stack(
+            [tf.fill([count], epoch * 7919 + seed + 1), tf.range(count, dtype="int64")], axis=1
+        )
+        return tf.data.Dataset.from_tensor_slices((perm, seeds))
+
+    stream = tf.data.Dataset.from_tensors(0).flat_map(order)
+    return stream.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def epoch_callback(info):
+    """A Keras callback that sets `info.epoch` at the start of each epoch.
+
+    Put it first in the callback list, so that callbacks reading the
+    training stream in `on_epoch_begin` (FisherMask) see the same epoch.
+    """
+    import keras
+
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: info.epoch.assign(epoch)
+    )
 
 
 def _augment_small(image, seed, fill, cutout, pad=4, size=16):
@@ -196,7 +230,7 @@ def _folder(root, batch_size, seed, augment, cutout, train_limit, test_limit):
     train = tf.data.Dataset.from_tensor_slices((paths, labels)).map(lambda p, y: (_decode(p), y))
     test = tf.data.Dataset.from_tensor_slices((tpaths, tlabels)).map(lambda p, y: (_decode(p), y))
     return (
-        _large_pipeline(train, len(labels), batch_size, seed, True),
+        _large_pipeline(train, len(labels), batch_size, seed, True, info, (paths, labels)),
         _large_pipeline(test, len(tlabels), batch_size, seed, False),
         info,
     )
@@ -220,7 +254,16 @@ def _decode_all(paths, shape):
 
 
 # ------------------------------------------------------------ ImageNet-size
-def _large_pipeline(data, count, batch_size, seed, train):
+def _large_pipeline(data, count, batch_size, seed, train, info=None, paths=None):
+    if train and paths is not None:
+        paths_t, labels_t = tf.constant(paths[0]), tf.constant(paths[1])
+
+        def example(index, example_seed):
+            image = _decode(paths_t[index])
+            return _random_resized_crop(image, example_seed), labels_t[index]
+
+        stream = _epoch_stream(count, info, seed, example)
+        return stream.batch(batch_size).prefetch(AUTOTUNE)
     if train:
         data = data.shuffle(min(count, 10_000), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed + 17, rerandomize_each_iteration=True)

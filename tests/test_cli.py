@@ -186,3 +186,44 @@ def test_model_sizes_match_the_paper(name, classes, shape, params):
     count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     assert abs(count - params) / params < 0.005
     assert model.output_shape == (None, classes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["ssam-f", "ssam-d"])
+def test_checkpoint_dir_resume_is_bitwise(tmp_path, optimizer):
+    import subprocess
+    import sys
+
+    import h5py
+
+    script = os.path.join(os.path.dirname(__file__), "cli_resume_run.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+
+    def go(out, ckpt, crash):
+        return subprocess.run(
+            [sys.executable, script, str(out), str(ckpt), crash, optimizer],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+
+    assert go(tmp_path / "full", "-", "no").returncode == 0
+    assert go(tmp_path / "cut", tmp_path / "ckpt", "crash").returncode == 3
+    done = go(tmp_path / "cut", tmp_path / "ckpt", "no")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def weights(path):
+        values = []
+        with h5py.File(path / "final.weights.h5") as f:
+            f.visititems(
+                lambda name, obj: (
+                    values.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+        return values
+
+    full, resumed = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert [n for n, _ in full] == [n for n, _ in resumed] and len(full) > 10
+    for (name, a), (_, b) in zip(full, resumed):
+        np.testing.assert_array_equal(a, b, err_msg=name)
