@@ -105,6 +105,26 @@ def build_parser():
         help="enable TensorFlow op determinism (bitwise-repeatable runs)",
     )
     t.add_argument("--verbose", type=int, default=2)
+
+    a = sub.add_parser("analyze", help="Hessian spectrum, loss landscape, gradient difference")
+    a.add_argument("model", help="a .keras file (an SSAMModel or any Keras model)")
+    a.add_argument("--dataset", default="digits")
+    a.add_argument("--data-dir", default=None)
+    a.add_argument("--split", default="train", help="train or test")
+    a.add_argument("--num-examples", type=int, default=1000)
+    a.add_argument("--batch-size", type=int, default=128)
+    a.add_argument("--hessian", action="store_true")
+    a.add_argument("--top-k", type=int, default=5)
+    a.add_argument("--max-iter", type=int, default=50)
+    a.add_argument("--trace-samples", type=int, default=0)
+    a.add_argument("--landscape", action="store_true")
+    a.add_argument("--dims", type=int, default=1)
+    a.add_argument("--resolution", type=int, default=21)
+    a.add_argument("--span", type=float, nargs=2, default=(-1.0, 1.0))
+    a.add_argument("--grad-diff", action="store_true")
+    a.add_argument("--rho", type=float, default=0.05)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="runs/analysis")
     return parser
 
 
@@ -288,15 +308,61 @@ def train(args):
     return results
 
 
+def analyze(args):
+    """Runs the requested analyses; writes analysis.json and PNG figures."""
+    if not (args.hessian or args.landscape or args.grad_diff):
+        _fail("choose at least one of --hessian, --landscape, --grad-diff.")
+    if args.split not in ("train", "test"):
+        _fail(f"--split must be train or test; received {args.split!r}.")
+    if not os.path.isfile(args.model):
+        _fail(f"no model file at {args.model!r}.")
+    import keras
+    import numpy as np
+
+    import keras_ssam  # noqa: F401  (registers the SSAM classes for loading)
+    from keras_ssam import analysis, data, plots
+
+    model = keras.models.load_model(args.model)
+    limit = {"train_limit": args.num_examples, "test_limit": args.num_examples}
+    train_ds, test_ds, _ = data.load(args.dataset, args.data_dir, args.batch_size, args.seed,
+                                     augment=False, **limit)
+    batches = train_ds if args.split == "train" else test_ds
+    os.makedirs(args.out, exist_ok=True)
+    report = {"model": args.model, "dataset": args.dataset, "split": args.split}
+    if args.hessian:
+        result = analysis.hessian_eigenvalues(model, batches, top_k=args.top_k,
+                                              max_iter=args.max_iter,
+                                              trace_samples=args.trace_samples, seed=args.seed)
+        report["hessian"] = result
+        plots.plot_eigenvalues(result, os.path.join(args.out, "eigenvalues.png"))
+    if args.landscape:
+        result = analysis.loss_landscape(model, batches, resolution=args.resolution,
+                                         span=tuple(args.span), dims=args.dims, seed=args.seed)
+        plots.plot_landscape(result, os.path.join(args.out, f"landscape_{args.dims}d.png"))
+        report["landscape"] = {k: np.asarray(v).tolist() for k, v in result.items()
+                               if k != "directions"}
+    if args.grad_diff:
+        result = analysis.gradient_difference(model, batches, rho=args.rho)
+        plots.plot_gradient_difference(result, os.path.join(args.out, "grad_diff.png"))
+        report["gradient_difference"] = {k: np.asarray(v).tolist() for k, v in result.items()
+                                         if k != "ratio"}
+    with open(os.path.join(args.out, "analysis.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"analysis written to {args.out}")
+    return report
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        from keras_ssam.data import DatasetError
+    from keras_ssam.data import DatasetError
 
-        try:
+    try:
+        if args.command == "train":
             return train(args)
-        except DatasetError as err:
-            _fail(str(err))
+        if args.command == "analyze":
+            return analyze(args)
+    except DatasetError as err:
+        _fail(str(err))
     return None
 
 

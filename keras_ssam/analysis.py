@@ -1,0 +1,356 @@
+"""Flatness analysis: Hessian spectrum, loss landscapes, SAM-vs-SGD gradients.
+
+Written from the math (no code from PyHessian or the loss-landscape project):
+
+- Hessian-vector products by double backpropagation; top eigenvalues by
+  power iteration with deflation; the trace by Hutchinson's estimator.
+- Loss landscapes along random directions with the filter normalization of
+  Li et al. (2018).
+- The per-parameter relative difference between the SAM and SGD gradients
+  (Mi et al. 2022, Fig. 1).
+
+Every function evaluates the model in inference mode (BatchNorm uses its
+moving statistics) and never assigns to a variable: perturbed weights are
+passed through `keras.StatelessScope`, so interrupting a long computation
+(Ctrl-C) leaves the model exactly as it was.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _inner(model):
+    from keras_ssam.ssam_model import SSAMModel
+
+    if isinstance(model, SSAMModel):
+        return model.model, model
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received model={model!r}.")
+    return model, model
+
+
+def _loss_fn(compiled, loss, inner=None):
+    for source in (compiled, inner):
+        if loss is None and source is not None:
+            loss = getattr(source, "loss", None)
+    if loss is None:
+        raise ValueError("Pass `loss=` or compile the model with a loss.")
+    return keras.losses.get(loss) if isinstance(loss, str) else loss
+
+
+def _batches(data, batch_size=128):
+    """A list of `(x, y)` batches from arrays `(x, y)` or a dataset."""
+    if isinstance(data, tf.data.Dataset):
+        batches = [(b[0], b[1]) for b in data]
+    else:
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise TypeError("`data` must be `(x, y)` arrays or a tf.data.Dataset of batches.")
+        x, y = (np.asarray(a) for a in data)
+        batches = [(x[i:i + batch_size], y[i:i + batch_size])
+                   for i in range(0, len(x), batch_size)]
+    batches = [b for b in batches if int(tf.shape(b[0])[0]) > 0]
+    if not batches:
+        raise ValueError("`data` is empty; the analysis needs at least one example.")
+    return batches
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; received {name}={value!r}.")
+
+
+class _Objective:
+    """Mean loss over the data at weights `w` (or at `w + delta`), inference mode."""
+
+    def __init__(self, model, data, loss=None, batch_size=128):
+        self.model, compiled = _inner(model)
+        self.loss = _loss_fn(compiled, loss, self.model)
+        self.batches = _batches(data, batch_size)
+        self.total = sum(int(tf.shape(b[0])[0]) for b in self.batches)
+        self.variables = list(self.model.trainable_variables)
+        self._grad = tf.function(self._batch_grad, reduce_retracing=True)
+        self._hvp = tf.function(self._batch_hvp, reduce_retracing=True)
+        self._eval = tf.function(self._batch_eval, reduce_retracing=True)
+
+    def _call(self, x, values):
+        if values is None:
+            return self.model(x, training=False)
+        with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
+            return self.model(x, training=False)
+
+    def _batch_loss(self, x, y, values=None):
+        return tf.cast(self.loss(y, self._call(x, values)), "float32")
+
+    def _batch_grad(self, x, y, values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = self._batch_loss(x, y, values)
+        return loss, tape.gradient(loss, values)
+
+    def _batch_hvp(self, x, y, vectors):
+        values = [tf.convert_to_tensor(v) for v in self.variables]
+        with tf.GradientTape() as outer:
+            outer.watch(values)
+            with tf.GradientTape() as inner:
+                inner.watch(values)
+                loss = self._batch_loss(x, y, values)
+            grads = inner.gradient(loss, values)
+            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
+        return outer.gradient(dot, values)
+
+    def _batch_eval(self, x, y, values):
+        pred = self._call(x, values)
+        loss = tf.cast(self.loss(y, pred), "float32")
+        if pred.shape[-1] is not None and pred.shape[-1] > 1:
+            labels = tf.cast(tf.reshape(y, [-1]), "int64")
+            hits = tf.cast(tf.equal(tf.argmax(pred, axis=-1), labels), "float32")
+        else:
+            hits = tf.zeros([tf.shape(pred)[0]])
+        return loss, tf.reduce_mean(hits)
+
+    def _weighted(self, fn, *args):
+        out = None
+        for x, y in self.batches:
+            w = float(tf.shape(x)[0]) / self.total
+            part = fn(x, y, *args)
+            part = tf.nest.map_structure(lambda t: t * w, part)
+            out = part if out is None else tf.nest.map_structure(tf.add, out, part)
+        return out
+
+    def weights(self):
+        return [tf.convert_to_tensor(v) for v in self.variables]
+
+    def gradient(self, values=None):
+        values = self.weights() if values is None else values
+        return self._weighted(self._grad, values)
+
+    def hvp(self, vectors):
+        return self._weighted(self._hvp, vectors)
+
+    def evaluate(self, values):
+        loss, accuracy = self._weighted(self._eval, values)
+        return float(loss), float(accuracy)
+
+
+def _dot(a, b):
+    return float(tf.add_n([tf.reduce_sum(u * v) for u, v in zip(a, b)]))
+
+
+def _normalize(v):
+    norm = np.sqrt(_dot(v, v))
+    return [t / (norm + 1e-12) for t in v]
+
+
+def hessian_vector_product(model, data, vectors, loss=None, batch_size=128):
+    """H v for the mean loss over `data`, by double backpropagation.
+
+    Args:
+        model: A `keras.Model` or `SSAMModel` (its inner model is analysed).
+        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        vectors: List of tensors shaped like the trainable variables.
+        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        batch_size: Integer batch size for arrays. Defaults to `128`.
+
+    Returns:
+        A list of tensors, one per trainable variable.
+    """
+    objective = _Objective(model, data, loss, batch_size)
+    return objective.hvp([tf.convert_to_tensor(v, "float32") for v in vectors])
+
+
+def hessian_eigenvalues(model, data, top_k=5, max_iter=100, tol=1e-4, trace_samples=0,
+                        loss=None, batch_size=128, seed=0, verbose=1):
+    """Top-k Hessian eigenvalues by power iteration with deflation.
+
+    Each eigenpair is found by power iteration on `H - sum_j l_j v_j v_j^T`
+    (deflation by the pairs already found), stopping when the Rayleigh
+    quotient changes by less than `tol` (relative). Power iteration finds the
+    eigenvalues of largest magnitude, which at a trained minimum are the
+    largest positive ones reported by the paper (Fig. 4: l_1 and l_1/l_5).
+
+    Args:
+        model: A `keras.Model` or `SSAMModel`.
+        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        top_k: Integer >= 1. Number of eigenvalues. Defaults to `5`.
+        max_iter: Integer >= 1. Power iterations per eigenvalue. Defaults
+            to `100`.
+        tol: Float. Relative change that stops an iteration. Defaults to
+            `1e-4`.
+        trace_samples: Integer >= 0. Rademacher probes for Hutchinson's
+            trace estimate; 0 skips it. Defaults to `0`.
+        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        batch_size: Integer. Defaults to `128`.
+        seed: Integer. Defaults to `0`.
+        verbose: Integer. 1 shows a progress bar. Defaults to `1`.
+
+    Returns:
+        A dict with `eigenvalues` (descending by magnitude), `ratio`
+        (l_1 / l_top_k), `iterations` and, if asked, `trace`.
+    """
+    _check_int("top_k", top_k, 1)
+    _check_int("max_iter", max_iter, 1)
+    _check_int("trace_samples", trace_samples, 0)
+    objective = _Objective(model, data, loss, batch_size)
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(v.shape) for v in objective.variables]
+    found, values, iterations = [], [], []
+    bar = keras.utils.Progbar(top_k * max_iter + trace_samples, verbose=verbose)
+    for _ in range(top_k):
+        v = _normalize([tf.constant(rng.normal(size=s), "float32") for s in shapes])
+        value, steps = None, 0
+        for steps in range(1, max_iter + 1):
+            hv = objective.hvp(v)
+            for lam, u in zip(values, found):  # deflation
+                c = lam * _dot(u, v)
+                hv = [h - c * t for h, t in zip(hv, u)]
+            new = _dot(hv, v)
+            v = _normalize(hv)
+            bar.add(1)
+            if value is not None and abs(new - value) <= tol * (abs(value) + 1e-12):
+                value = new
+                break
+            value = new
+        bar.add(max_iter - steps)
+        values.append(value)
+        found.append(v)
+        iterations.append(steps)
+    result = {
+        "eigenvalues": values,
+        "ratio": values[0] / values[-1] if values[-1] != 0 else float("inf"),
+        "iterations": iterations,
+    }
+    if trace_samples:
+        estimates = []
+        for _ in range(trace_samples):
+            z = [tf.constant(rng.choice([-1.0, 1.0], size=s), "float32") for s in shapes]
+            estimates.append(_dot(objective.hvp(z), z))
+            bar.add(1)
+        result["trace"] = float(np.mean(estimates))
+    return result
+
+
+def filter_normalized_direction(variables, rng, ignore_bias_bn=True):
+    """A random direction scaled filter by filter to the weights' norms.
+
+    Li et al. (2018): for every filter (the last axis of a Keras kernel is
+    the output unit/channel) `d_f <- d_f / ||d_f|| * ||w_f||`. One-dimensional
+    variables (biases, BatchNorm) get a zero direction when
+    `ignore_bias_bn=True`, else are normalized as a whole.
+    """
+    out = []
+    for w in variables:
+        w = np.asarray(w, "float64")
+        d = rng.normal(size=w.shape)
+        if w.ndim <= 1:
+            if ignore_bias_bn:
+                d = np.zeros_like(w)
+            else:
+                d = d / (np.linalg.norm(d) + 1e-12) * np.linalg.norm(w)
+        else:
+            axes = tuple(range(w.ndim - 1))
+            d = d / (np.sqrt(np.sum(d**2, axis=axes, keepdims=True)) + 1e-12)
+            d = d * np.sqrt(np.sum(w**2, axis=axes, keepdims=True))
+        out.append(d.astype("float32"))
+    return out
+
+
+def loss_landscape(model, data, resolution=21, span=(-1.0, 1.0), dims=1,
+                   filter_normalized=True, ignore_bias_bn=True, loss=None,
+                   batch_size=128, seed=0, verbose=1):
+    """Loss (and accuracy) on a 1-D line or 2-D plane through the weights.
+
+    Evaluates `L(w + a d1)` (or `L(w + a d1 + b d2)`) for `a`, `b` on a grid of
+    `resolution` points over `span`, along random directions that are
+    filter-normalized (Li et al. 2018) unless `filter_normalized=False`.
+
+    Args:
+        model: A `keras.Model` or `SSAMModel`.
+        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        resolution: Integer >= 2. Points per axis. Defaults to `21`.
+        span: Pair of floats. Range of each coordinate. Defaults to `(-1, 1)`.
+        dims: 1 or 2. Defaults to `1`.
+        filter_normalized: Boolean. Defaults to `True`.
+        ignore_bias_bn: Boolean. Zero direction on 1-D variables. Defaults to
+            `True`.
+        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        batch_size: Integer. Defaults to `128`.
+        seed: Integer. Defaults to `0`.
+        verbose: Integer. 1 shows a progress bar. Defaults to `1`.
+
+    Returns:
+        A dict with `coords` (the grid axis), `loss` and `accuracy` arrays of
+        shape `(resolution,)` or `(resolution, resolution)`, and `directions`.
+    """
+    _check_int("resolution", resolution, 2)
+    if dims not in (1, 2):
+        raise ValueError(f"`dims` must be 1 or 2; received dims={dims!r}.")
+    if len(span) != 2 or not span[0] < span[1]:
+        raise ValueError(f"`span` must be (low, high) with low < high; received span={span!r}.")
+    objective = _Objective(model, data, loss, batch_size)
+    rng = np.random.default_rng(seed)
+    weights = objective.weights()
+    directions = []
+    for _ in range(dims):
+        if filter_normalized:
+            d = filter_normalized_direction([w.numpy() for w in weights], rng, ignore_bias_bn)
+        else:
+            d = [rng.normal(size=tuple(w.shape)).astype("float32") for w in weights]
+        directions.append(d)
+    coords = np.linspace(span[0], span[1], resolution)
+    grid = [(a,) for a in coords] if dims == 1 else [(a, b) for a in coords for b in coords]
+    losses, accs = [], []
+    bar = keras.utils.Progbar(len(grid), verbose=verbose)
+    for point in grid:
+        values = [w + sum(c * d[i] for c, d in zip(point, directions))
+                  for i, w in enumerate(weights)]
+        loss_value, accuracy = objective.evaluate(values)
+        losses.append(loss_value)
+        accs.append(accuracy)
+        bar.add(1)
+    shape = (resolution,) * dims
+    return {
+        "coords": coords,
+        "loss": np.reshape(losses, shape),
+        "accuracy": np.reshape(accs, shape),
+        "directions": directions,
+    }
+
+
+def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=50,
+                        epsilon=1e-12):
+    """Per-parameter relative change of the gradient under the SAM step.
+
+    `r = |g_SAM - g_SGD| / |g_SGD|` with `g_SGD = grad L(w)` and
+    `g_SAM = grad L(w + rho g / ||g||)` over the whole `data` (Mi et al. 2022,
+    Fig. 1: most parameters barely change, which motivates a sparse mask).
+
+    Returns:
+        A dict with `ratio` (flat array over all trainable entries), summary
+        statistics (`mean`, `median`, `p90`, `p99`, `fraction_above_1`) and a
+        histogram of `log10(r)` (`hist`, `bin_edges`).
+    """
+    from keras_ssam.ssam_model import check_rho
+
+    rho = check_rho(rho)
+    objective = _Objective(model, data, loss, batch_size)
+    _, g = objective.gradient()
+    norm = np.sqrt(_dot(g, g))
+    perturbed = [w + rho * t / (norm + epsilon) for w, t in zip(objective.weights(), g)]
+    _, g_sam = objective.gradient(perturbed)
+    g_flat = np.concatenate([np.ravel(t.numpy()) for t in g]).astype("float64")
+    s_flat = np.concatenate([np.ravel(t.numpy()) for t in g_sam]).astype("float64")
+    ratio = np.abs(s_flat - g_flat) / (np.abs(g_flat) + epsilon)
+    hist, edges = np.histogram(np.log10(ratio + epsilon), bins=bins)
+    return {
+        "ratio": ratio,
+        "mean": float(np.mean(ratio)),
+        "median": float(np.median(ratio)),
+        "p90": float(np.percentile(ratio, 90)),
+        "p99": float(np.percentile(ratio, 99)),
+        "fraction_above_1": float(np.mean(ratio > 1)),
+        "hist": hist,
+        "bin_edges": edges,
+    }

@@ -1,0 +1,166 @@
+"""Analysis tools against an explicit quadratic loss 1/2 w^T A w."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ssam import SSAMModel, analysis
+
+N = 6
+
+
+class Quadratic(keras.layers.Layer):
+    """Outputs 1/2 w^T A w for every example; a (N, 1) kernel as the weight."""
+
+    def __init__(self, a, **kwargs):
+        super().__init__(**kwargs)
+        self.a = tf.constant(a, "float32")
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(N, 1), initializer="ones")
+
+    def call(self, x):
+        value = 0.5 * tf.reduce_sum(self.w * tf.matmul(self.a, self.w))
+        return tf.zeros([tf.shape(x)[0], 1]) + value
+
+
+def output_loss(y_true, y_pred):
+    return tf.reduce_mean(y_pred)
+
+
+def quadratic(seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(N, N)))
+    a = q @ np.diag([9.0, 5.0, 3.0, 2.0, 1.0, 0.5]) @ q.T
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, Quadratic(a)(inputs))
+    model.layers[1].w.assign(rng.normal(size=(N, 1)))
+    return model, a
+
+
+def data(n=10):
+    return np.zeros((n, 1), "float32"), np.zeros((n, 1), "float32")
+
+
+def test_hessian_vector_product_is_a_v():
+    model, a = quadratic()
+    v = np.random.default_rng(1).normal(size=(N, 1)).astype("float32")
+    hv = analysis.hessian_vector_product(model, data(), [v], loss=output_loss)
+    np.testing.assert_allclose(hv[0].numpy(), a @ v, rtol=1e-4, atol=1e-5)
+
+
+def test_eigenvalues_match_numpy():
+    model, a = quadratic()
+    result = analysis.hessian_eigenvalues(model, data(), top_k=4, max_iter=500, tol=1e-9,
+                                          trace_samples=200, loss=output_loss, verbose=0)
+    want = np.sort(np.linalg.eigvalsh(a))[::-1][:4]
+    np.testing.assert_allclose(result["eigenvalues"], want, rtol=1e-3)
+    assert result["ratio"] == pytest.approx(want[0] / want[3], rel=1e-3)
+    assert result["trace"] == pytest.approx(np.trace(a), rel=0.15)  # Monte Carlo
+
+
+def test_landscape_matches_analytic_values():
+    model, a = quadratic()
+    w = model.layers[1].w.numpy()
+    for dims in (1, 2):
+        result = analysis.loss_landscape(model, data(), resolution=5, span=(-0.5, 0.5),
+                                         dims=dims, loss=output_loss, verbose=0)
+        d = [r[0] for r in result["directions"]]
+        c = result["coords"]
+        for index in np.ndindex(*result["loss"].shape):
+            p = w + sum(c[i] * di for i, di in zip(index, d))
+            assert result["loss"][index] == pytest.approx(0.5 * (p.T @ a @ p).item(), rel=1e-4)
+        # Filter normalization: the single filter of d has the norm of w.
+        np.testing.assert_allclose(np.linalg.norm(d[0]), np.linalg.norm(w), rtol=1e-5)
+
+
+def test_gradient_difference_on_quadratic():
+    model, a = quadratic()
+    w = model.layers[1].w.numpy().ravel()
+    result = analysis.gradient_difference(model, data(), rho=0.1, loss=output_loss)
+    g = a @ w
+    g_sam = a @ (w + 0.1 * g / np.linalg.norm(g))
+    np.testing.assert_allclose(result["ratio"], np.abs(g_sam - g) / np.abs(g), rtol=1e-3)
+    assert result["hist"].sum() == N
+
+
+def bn_classifier():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                              keras.layers.Dense(3)])
+    model.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 3, 40)
+    model.fit(x, y, epochs=1, verbose=0)  # moving statistics away from init
+    return model, x, y
+
+
+def test_analysis_leaves_weights_and_bn_statistics_bit_identical():
+    model, x, y = bn_classifier()
+    wrapped = SSAMModel(model)
+    before = [v.numpy().copy() for v in model.variables]
+    analysis.hessian_eigenvalues(wrapped, (x, y), top_k=2, max_iter=5, verbose=0)
+    analysis.loss_landscape(model, (x, y), resolution=3, dims=2, verbose=0)
+    analysis.gradient_difference(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+    for b, v in zip(before, model.variables):
+        np.testing.assert_array_equal(b, v.numpy())
+
+
+def test_landscape_accuracy_is_counted():
+    model, x, y = bn_classifier()
+    result = analysis.loss_landscape(model, (x, y), resolution=3, span=(0.0, 0.0 + 1e-9),
+                                     verbose=0)
+    logits = model.predict(x, verbose=0)
+    want = float(np.mean(np.argmax(logits, -1) == y))
+    np.testing.assert_allclose(result["accuracy"], want, atol=1e-6)
+
+
+class TestBadInput:
+    def test_bad_arguments(self):
+        model, x, y = bn_classifier()
+        with pytest.raises(ValueError, match="top_k=0"):
+            analysis.hessian_eigenvalues(model, (x, y), top_k=0)
+        with pytest.raises(ValueError, match="resolution=1"):
+            analysis.loss_landscape(model, (x, y), resolution=1)
+        with pytest.raises(ValueError, match="dims=3"):
+            analysis.loss_landscape(model, (x, y), dims=3)
+        with pytest.raises(ValueError, match="empty"):
+            analysis.gradient_difference(model, (x[:0], y[:0]))
+        with pytest.raises(TypeError, match="model="):
+            analysis.gradient_difference("model.keras", (x, y))
+
+
+def test_analyze_cli_writes_json_and_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from keras_ssam import cli
+
+    from keras_ssam import data, models
+
+    saved = str(tmp_path / "model.keras")
+    _, _, info = data.load("digits")
+    net = SSAMModel(models.small_cnn(10, info.input_shape))
+    net.compile(optimizer="sgd",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.save(saved)
+    out = tmp_path / "analysis"
+    report = cli.main(["analyze", saved, "--dataset", "digits", "--num-examples", "64",
+                       "--hessian", "--top-k", "2", "--max-iter", "3", "--landscape",
+                       "--resolution", "3", "--dims", "2", "--grad-diff", "--out", str(out)])
+    saved_report = json.loads((out / "analysis.json").read_text())
+    assert len(saved_report["hessian"]["eigenvalues"]) == 2
+    assert np.asarray(saved_report["landscape"]["loss"]).shape == (3, 3)
+    assert report["gradient_difference"]["median"] >= 0
+    for name in ("eigenvalues.png", "landscape_2d.png", "grad_diff.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_analyze_cli_needs_an_analysis(tmp_path):
+    from keras_ssam import cli
+
+    with pytest.raises(SystemExit, match="at least one"):
+        cli.main(["analyze", str(tmp_path / "m.keras")])
