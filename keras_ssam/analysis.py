@@ -49,8 +49,9 @@ def _batches(data, batch_size=128):
         if not isinstance(data, (tuple, list)) or len(data) != 2:
             raise TypeError("`data` must be `(x, y)` arrays or a tf.data.Dataset of batches.")
         x, y = (np.asarray(a) for a in data)
-        batches = [(x[i:i + batch_size], y[i:i + batch_size])
-                   for i in range(0, len(x), batch_size)]
+        batches = [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
     batches = [b for b in batches if int(tf.shape(b[0])[0]) > 0]
     if not batches:
         raise ValueError("`data` is empty; the analysis needs at least one example.")
@@ -161,8 +162,18 @@ def hessian_vector_product(model, data, vectors, loss=None, batch_size=128):
     return objective.hvp([tf.convert_to_tensor(v, "float32") for v in vectors])
 
 
-def hessian_eigenvalues(model, data, top_k=5, max_iter=100, tol=1e-4, trace_samples=0,
-                        loss=None, batch_size=128, seed=0, verbose=1):
+def hessian_eigenvalues(
+    model,
+    data,
+    top_k=5,
+    max_iter=100,
+    tol=1e-4,
+    trace_samples=0,
+    loss=None,
+    batch_size=128,
+    seed=0,
+    verbose=1,
+):
     """Top-k Hessian eigenvalues by power iteration with deflation.
 
     Each eigenpair is found by power iteration on `H - sum_j l_j v_j v_j^T`
@@ -257,9 +268,19 @@ def filter_normalized_direction(variables, rng, ignore_bias_bn=True):
     return out
 
 
-def loss_landscape(model, data, resolution=21, span=(-1.0, 1.0), dims=1,
-                   filter_normalized=True, ignore_bias_bn=True, loss=None,
-                   batch_size=128, seed=0, verbose=1):
+def loss_landscape(
+    model,
+    data,
+    resolution=21,
+    span=(-1.0, 1.0),
+    dims=1,
+    filter_normalized=True,
+    ignore_bias_bn=True,
+    loss=None,
+    batch_size=128,
+    seed=0,
+    verbose=1,
+):
     """Loss (and accuracy) on a 1-D line or 2-D plane through the weights.
 
     Evaluates `L(w + a d1)` (or `L(w + a d1 + b d2)`) for `a`, `b` on a grid of
@@ -304,8 +325,9 @@ def loss_landscape(model, data, resolution=21, span=(-1.0, 1.0), dims=1,
     losses, accs = [], []
     bar = keras.utils.Progbar(len(grid), verbose=verbose)
     for point in grid:
-        values = [w + sum(c * d[i] for c, d in zip(point, directions))
-                  for i, w in enumerate(weights)]
+        values = [
+            w + sum(c * d[i] for c, d in zip(point, directions)) for i, w in enumerate(weights)
+        ]
         loss_value, accuracy = objective.evaluate(values)
         losses.append(loss_value)
         accs.append(accuracy)
@@ -319,8 +341,7 @@ def loss_landscape(model, data, resolution=21, span=(-1.0, 1.0), dims=1,
     }
 
 
-def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=50,
-                        epsilon=1e-12):
+def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=50, epsilon=1e-12):
     """Per-parameter relative change of the gradient under the SAM step.
 
     `r = |g_SAM - g_SGD| / |g_SGD|` with `g_SGD = grad L(w)` and

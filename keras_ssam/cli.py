@@ -324,28 +324,42 @@ def analyze(args):
 
     model = keras.models.load_model(args.model)
     limit = {"train_limit": args.num_examples, "test_limit": args.num_examples}
-    train_ds, test_ds, _ = data.load(args.dataset, args.data_dir, args.batch_size, args.seed,
-                                     augment=False, **limit)
+    train_ds, test_ds, _ = data.load(
+        args.dataset, args.data_dir, args.batch_size, args.seed, augment=False, **limit
+    )
     batches = train_ds if args.split == "train" else test_ds
     os.makedirs(args.out, exist_ok=True)
     report = {"model": args.model, "dataset": args.dataset, "split": args.split}
     if args.hessian:
-        result = analysis.hessian_eigenvalues(model, batches, top_k=args.top_k,
-                                              max_iter=args.max_iter,
-                                              trace_samples=args.trace_samples, seed=args.seed)
+        result = analysis.hessian_eigenvalues(
+            model,
+            batches,
+            top_k=args.top_k,
+            max_iter=args.max_iter,
+            trace_samples=args.trace_samples,
+            seed=args.seed,
+        )
         report["hessian"] = result
         plots.plot_eigenvalues(result, os.path.join(args.out, "eigenvalues.png"))
     if args.landscape:
-        result = analysis.loss_landscape(model, batches, resolution=args.resolution,
-                                         span=tuple(args.span), dims=args.dims, seed=args.seed)
+        result = analysis.loss_landscape(
+            model,
+            batches,
+            resolution=args.resolution,
+            span=tuple(args.span),
+            dims=args.dims,
+            seed=args.seed,
+        )
         plots.plot_landscape(result, os.path.join(args.out, f"landscape_{args.dims}d.png"))
-        report["landscape"] = {k: np.asarray(v).tolist() for k, v in result.items()
-                               if k != "directions"}
+        report["landscape"] = {
+            k: np.asarray(v).tolist() for k, v in result.items() if k != "directions"
+        }
     if args.grad_diff:
         result = analysis.gradient_difference(model, batches, rho=args.rho)
         plots.plot_gradient_difference(result, os.path.join(args.out, "grad_diff.png"))
-        report["gradient_difference"] = {k: np.asarray(v).tolist() for k, v in result.items()
-                                         if k != "ratio"}
+        report["gradient_difference"] = {
+            k: np.asarray(v).tolist() for k, v in result.items() if k != "ratio"
+        }
     with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(f"analysis written to {args.out}")

@@ -120,12 +120,27 @@ def small_cnn(num_classes=10, input_shape=(32, 32, 3), preprocessing=None):
     return keras.Model(inputs, _head(x, num_classes), name="small_cnn")
 
 
+def proxy_cnn(num_classes=10, input_shape=(32, 32, 3), preprocessing=None):
+    """A 6-conv BatchNorm CNN (~290k parameters): the CPU proxy for CIFAR runs.
+
+    Three stages of two Conv3x3-BN-ReLU and a max-pool, widths 32/64/128,
+    global average pooling and a linear classifier.
+    """
+    inputs, x = _inputs(input_shape, preprocessing)
+    for stage, filters in enumerate((32, 64, 128)):
+        for i in range(2):
+            x = layers.ReLU()(_bn(f"bn{stage}{i}")(_conv(filters, 3, 1, f"conv{stage}{i}")(x)))
+        x = layers.MaxPooling2D(2)(x)
+    return keras.Model(inputs, _head(x, num_classes), name="proxy_cnn")
+
+
 MODELS = {
     "resnet18": resnet18,
     "wrn28_10": wrn28_10,
     "vgg11_bn": vgg11_bn,
     "resnet50": resnet50,
     "small_cnn": small_cnn,
+    "proxy_cnn": proxy_cnn,
 }
 
 

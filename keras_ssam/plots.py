@@ -61,8 +61,13 @@ def plot_gradient_difference(result, path, title="|g_SAM − g_SGD| / |g_SGD|"):
     plt = _pyplot()
     edges, hist = result["bin_edges"], result["hist"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(edges[:-1], hist / max(hist.sum(), 1) * 100, width=np.diff(edges), align="edge",
-           color="tab:green")
+    ax.bar(
+        edges[:-1],
+        hist / max(hist.sum(), 1) * 100,
+        width=np.diff(edges),
+        align="edge",
+        color="tab:green",
+    )
     ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
     ax.set_xlabel("log10 relative difference")
     ax.set_ylabel("parameters (%)")

@@ -619,7 +619,10 @@ def _atomic_path(filepath):
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
     try:
         yield tmp
-        os.replace(tmp, filepath)
+        # Non-chief workers of a multi-worker strategy write to a scratch
+        # location that Keras removes itself: nothing to move then.
+        if os.path.exists(tmp):
+            os.replace(tmp, filepath)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

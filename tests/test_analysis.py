@@ -52,8 +52,16 @@ def test_hessian_vector_product_is_a_v():
 
 def test_eigenvalues_match_numpy():
     model, a = quadratic()
-    result = analysis.hessian_eigenvalues(model, data(), top_k=4, max_iter=500, tol=1e-9,
-                                          trace_samples=200, loss=output_loss, verbose=0)
+    result = analysis.hessian_eigenvalues(
+        model,
+        data(),
+        top_k=4,
+        max_iter=500,
+        tol=1e-9,
+        trace_samples=200,
+        loss=output_loss,
+        verbose=0,
+    )
     want = np.sort(np.linalg.eigvalsh(a))[::-1][:4]
     np.testing.assert_allclose(result["eigenvalues"], want, rtol=1e-3)
     assert result["ratio"] == pytest.approx(want[0] / want[3], rel=1e-3)
@@ -64,8 +72,9 @@ def test_landscape_matches_analytic_values():
     model, a = quadratic()
     w = model.layers[1].w.numpy()
     for dims in (1, 2):
-        result = analysis.loss_landscape(model, data(), resolution=5, span=(-0.5, 0.5),
-                                         dims=dims, loss=output_loss, verbose=0)
+        result = analysis.loss_landscape(
+            model, data(), resolution=5, span=(-0.5, 0.5), dims=dims, loss=output_loss, verbose=0
+        )
         d = [r[0] for r in result["directions"]]
         c = result["coords"]
         for index in np.ndindex(*result["loss"].shape):
@@ -87,11 +96,18 @@ def test_gradient_difference_on_quadratic():
 
 def bn_classifier():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
-                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
-                              keras.layers.Dense(3)])
-    model.compile(optimizer="sgd",
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 4)).astype("float32"), rng.integers(0, 3, 40)
     model.fit(x, y, epochs=1, verbose=0)  # moving statistics away from init
@@ -111,8 +127,7 @@ def test_analysis_leaves_weights_and_bn_statistics_bit_identical():
 
 def test_landscape_accuracy_is_counted():
     model, x, y = bn_classifier()
-    result = analysis.loss_landscape(model, (x, y), resolution=3, span=(0.0, 0.0 + 1e-9),
-                                     verbose=0)
+    result = analysis.loss_landscape(model, (x, y), resolution=3, span=(0.0, 0.0 + 1e-9), verbose=0)
     logits = model.predict(x, verbose=0)
     want = float(np.mean(np.argmax(logits, -1) == y))
     np.testing.assert_allclose(result["accuracy"], want, atol=1e-6)
@@ -137,20 +152,37 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     import json
 
-    from keras_ssam import cli
-
-    from keras_ssam import data, models
+    from keras_ssam import cli, data, models
 
     saved = str(tmp_path / "model.keras")
     _, _, info = data.load("digits")
     net = SSAMModel(models.small_cnn(10, info.input_shape))
-    net.compile(optimizer="sgd",
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     net.save(saved)
     out = tmp_path / "analysis"
-    report = cli.main(["analyze", saved, "--dataset", "digits", "--num-examples", "64",
-                       "--hessian", "--top-k", "2", "--max-iter", "3", "--landscape",
-                       "--resolution", "3", "--dims", "2", "--grad-diff", "--out", str(out)])
+    report = cli.main(
+        [
+            "analyze",
+            saved,
+            "--dataset",
+            "digits",
+            "--num-examples",
+            "64",
+            "--hessian",
+            "--top-k",
+            "2",
+            "--max-iter",
+            "3",
+            "--landscape",
+            "--resolution",
+            "3",
+            "--dims",
+            "2",
+            "--grad-diff",
+            "--out",
+            str(out),
+        ]
+    )
     saved_report = json.loads((out / "analysis.json").read_text())
     assert len(saved_report["hessian"]["eigenvalues"]) == 2
     assert np.asarray(saved_report["landscape"]["loss"]).shape == (3, 3)

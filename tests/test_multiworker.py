@@ -1,4 +1,4 @@
-"""Two MultiWorkerMirroredStrategy workers on 127.0.0.1 end with identical state."""
+"""Two MultiWorkerMirroredStrategy workers on 127.0.0.1 (see multiworker_worker.py)."""
 
 import json
 import os
@@ -22,8 +22,7 @@ def free_ports(count):
     return ports
 
 
-@pytest.mark.slow
-def test_two_workers_train_ssam_f_to_identical_weights_and_masks(tmp_path):
+def launch(out, *extra):
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     procs = []
     for index in range(2):
@@ -36,24 +35,39 @@ def test_two_workers_train_ssam_f_to_identical_weights_and_masks(tmp_path):
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "multiworker_worker.py"), str(tmp_path)],
+                [sys.executable, os.path.join(HERE, "multiworker_worker.py"), str(out), *extra],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
+    return procs
+
+
+def finish(procs, timeout=300):
     try:
-        outputs = [p.communicate(timeout=300) for p in procs]
+        return [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             p.kill()
+
+
+def worker_state(path, index):
+    data = np.load(path / f"worker{index}.npz")
+    return [data[k] for k in data.files]
+
+
+@pytest.mark.slow
+def test_two_workers_train_ssam_f_to_identical_weights_and_masks(tmp_path):
+    procs = launch(tmp_path)
+    outputs = finish(procs)
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0 and "DONE" in stdout, stderr[-3000:]
         assert stdout.split()[-1] == "3"  # mask updates: before training + 2 epochs
-    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
-    assert len(first.files) == len(second.files) > 4
-    for key in first.files:
-        np.testing.assert_array_equal(first[key], second[key])
-    masks = [first[k] for k in first.files if first[k].shape and set(np.unique(first[k])) <= {0, 1}]
+    first, second = worker_state(tmp_path, 0), worker_state(tmp_path, 1)
+    assert len(first) == len(second) > 4
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    masks = [v for v in first if v.shape and set(np.unique(v)) <= {0, 1}]
     assert masks  # the masks are among the compared variables

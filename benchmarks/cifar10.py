@@ -1,0 +1,159 @@
+"""CIFAR-10 accuracy of SGD, SAM, SSAM-F and SSAM-D on a CPU-sized proxy.
+
+    python benchmarks/cifar10.py --data PATH/cifar10-images.tar.gz          # full, < 2 h
+    python benchmarks/cifar10.py --data PATH/cifar10-images.tar.gz --quick  # < 5 min
+
+Budget (see docs/RESULTS.md for why): the 6-conv BatchNorm proxy CNN
+(~290k parameters), a seeded subset of the training images, SGD momentum 0.9,
+cosine lr from 0.05, decoupled weight decay 5e-4 (SGD) / 1e-3 (SAM, SSAM), crop +
+flip + Cutout, the same rho for every SAM-type run, >= 3 seeds. Test accuracy on
+all 10,000 test images at the end; a 2,000-image test subset every few epochs
+for the curves. Writes a JSON of every run and, with --plots, PNG figures.
+"""
+
+import argparse
+import json
+import os
+import tarfile
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_ssam  # noqa: E402
+from keras_ssam import data, models  # noqa: E402
+
+CONFIGS = [
+    ("sgd", None),
+    ("sam", None),
+    ("ssam-f", 0.5),
+    ("ssam-f", 0.9),
+    ("ssam-d", 0.5),
+    ("ssam-d", 0.9),
+]
+
+
+def extract(archive, cache):
+    root = os.path.join(cache, "cifar10-images")
+    if not os.path.isdir(os.path.join(root, "train")):
+        os.makedirs(root, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    return root
+
+
+def run(root, optimizer, sparsity, seed, args):
+    keras.utils.set_random_seed(seed)
+    train, test, info = data.load(
+        f"folder:{root}", batch_size=128, seed=seed, train_limit=args.train_images
+    )
+    _, curve_test, _ = data.load(
+        f"folder:{root}", batch_size=256, seed=seed, train_limit=128, test_limit=args.curve_images
+    )
+    model = models.proxy_cnn(10, info.input_shape, data.preprocessing_layers(info))
+    if optimizer != "sgd":
+        model = keras_ssam.SSAMModel(model, rho=args.rho)
+    steps = args.epochs * -(-info.num_train // 128)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            keras.optimizers.schedules.CosineDecay(0.05, steps),
+            momentum=0.9,
+            weight_decay=5e-4 if optimizer == "sgd" else 1e-3,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    callbacks = [data.epoch_callback(info)]
+    if optimizer == "ssam-f":
+        callbacks.append(
+            keras_ssam.FisherMask(train, num_samples=128, sparsity=sparsity, seed=seed)
+        )
+    elif optimizer == "ssam-d":
+        callbacks.append(keras_ssam.DynamicMask(sparsity, seed=seed))
+    curve = []
+
+    def evaluate(epoch, logs):
+        if (epoch + 1) % args.curve_every == 0 or epoch + 1 == args.epochs:
+            acc = model.evaluate(curve_test, verbose=0, return_dict=True)["accuracy"]
+            curve.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_accuracy": logs["accuracy"],
+                    "test_accuracy": acc,
+                    "sharpness": logs.get("sharpness"),
+                }
+            )
+
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=evaluate))
+    start = time.perf_counter()
+    model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks)
+    seconds = time.perf_counter() - start
+    final = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+    return {
+        "optimizer": optimizer,
+        "sparsity": sparsity,
+        "seed": seed,
+        "test_accuracy": final,
+        "seconds": seconds,
+        "curve": curve,
+    }
+
+
+def table(runs):
+    lines = [
+        "| config | test accuracy (mean ± std) | seeds | minutes per run |",
+        "|---|---|---|---|",
+    ]
+    for optimizer, sparsity in CONFIGS:
+        picked = [r for r in runs if r["optimizer"] == optimizer and r["sparsity"] == sparsity]
+        if not picked:
+            continue
+        accs = np.array([r["test_accuracy"] for r in picked]) * 100
+        name = optimizer if sparsity is None else f"{optimizer} {int(sparsity * 100)}%"
+        lines.append(
+            f"| {name} | {accs.mean():.2f} ± {accs.std(ddof=1) if len(accs) > 1 else 0:.2f}"
+            f" | {len(accs)} | {np.mean([r['seconds'] for r in picked]) / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--data",
+        default=os.path.join(
+            os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-images.tar.gz"
+        ),
+    )
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "keras-ssam"))
+    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--curve-every", type=int, default=5)
+    parser.add_argument("--curve-images", type=int, default=2000)
+    parser.add_argument("--out", default="runs/cifar10-benchmark.json")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_images, args.epochs, args.seeds, args.curve_every = 1000, 3, 1, 1
+        args.curve_images = 500
+    if not os.path.exists(args.data):
+        raise SystemExit(f"CIFAR-10 archive not found at {args.data}; pass --data.")
+    root = extract(args.data, args.cache)
+    runs = []
+    for seed in range(args.seeds):
+        for optimizer, sparsity in CONFIGS:
+            runs.append(run(root, optimizer, sparsity, seed, args))
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"args": vars(args), "runs": runs}, f, indent=2)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

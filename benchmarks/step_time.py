@@ -1,0 +1,133 @@
+"""Per-step wall time of SGD, SAM and SSAM variants, measured in one process.
+
+    python benchmarks/step_time.py --quick                 # small CNN, ~3 minutes
+    python benchmarks/step_time.py --models small_cnn resnet18 --steps 25
+
+For every configuration a fresh model is trained on random CIFAR-shaped data
+at batch 128; the median wall time of the steps after `--warmup` steps is
+reported, with ratios to SGD and to SAM. The last table is the cost of one
+mask update relative to a CIFAR-10 epoch (391 steps of the SAM step time).
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_ssam  # noqa: E402
+from keras_ssam import models  # noqa: E402
+
+STEPS_PER_CIFAR_EPOCH = 391
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def configs(sparsities):
+    yield "sgd", None, None
+    yield "sam", None, None
+    for s in sparsities:
+        yield f"ssam-f {s}", "fisher", s
+        yield f"ssam-d {s}", "dynamic", s
+        yield f"random {s}", "random", s
+
+
+def callback(kind, sparsity, x, y):
+    if kind == "fisher":
+        return keras_ssam.FisherMask(x, y, num_samples=16, sparsity=sparsity)
+    if kind == "dynamic":
+        return keras_ssam.DynamicMask(sparsity)
+    return keras_ssam.RandomMask(sparsity)
+
+
+def time_config(model_name, name, kind, sparsity, x, y, steps, warmup, batch):
+    keras.utils.set_random_seed(0)
+    model = models.build_model(model_name, 10, (32, 32, 3))
+    if name != "sgd":
+        model = keras_ssam.SSAMModel(model, rho=0.1)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    timer = StepTimer()
+    callbacks = [timer] + ([callback(kind, sparsity, x, y)] if kind else [])
+    model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=1,
+        steps_per_epoch=warmup + steps,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return float(np.median(timer.times[warmup:])), model
+
+
+def mask_update_cost(model_name, x, y, sam_step, num_samples):
+    keras.utils.set_random_seed(0)
+    model = keras_ssam.SSAMModel(models.build_model(model_name, 10, (32, 32, 3)))
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    fisher = keras_ssam.FisherMask(x, y, num_samples=num_samples, sparsity=0.5)
+    fisher.set_model(model)
+    fisher.update_mask(0)  # warm-up: tracing
+    start = time.perf_counter()
+    fisher.update_mask(1)
+    seconds = time.perf_counter() - start
+    return seconds, 100 * seconds / (STEPS_PER_CIFAR_EPOCH * sam_step)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet18"])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.9, 0.99])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.steps, args.sparsities = ["small_cnn"], 20, [0.5, 0.9]
+    rng = np.random.default_rng(0)
+    n = args.batch * (args.warmup + args.steps)
+    x = rng.normal(size=(n, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, n)
+    for model_name in args.models:
+        rows = []
+        for name, kind, sparsity in configs(args.sparsities):
+            seconds, _ = time_config(
+                model_name, name, kind, sparsity, x, y, args.steps, args.warmup, args.batch
+            )
+            rows.append((name, seconds))
+        sgd, sam = rows[0][1], rows[1][1]
+        print(
+            f"\nmodel={model_name} batch={args.batch} median of {args.steps} steps "
+            f"after {args.warmup} warm-up steps"
+        )
+        print(f"{'config':<14} {'ms/step':>9} {'÷ SGD':>7} {'÷ SAM':>7}")
+        for name, seconds in rows:
+            print(f"{name:<14} {1000 * seconds:>9.1f} {seconds / sgd:>7.2f} {seconds / sam:>7.3f}")
+        seconds, percent = mask_update_cost(model_name, x, y, sam, args.num_samples)
+        print(
+            f"FisherMask update, Ns={args.num_samples}: {seconds:.2f} s = {percent:.2f} % of a "
+            f"CIFAR-10 epoch ({STEPS_PER_CIFAR_EPOCH} SAM steps)"
+        )
+
+
+if __name__ == "__main__":
+    main()
