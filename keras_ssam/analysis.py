@@ -212,7 +212,8 @@ def hessian_eigenvalues(
     for _ in range(top_k):
         v = _normalize([tf.constant(rng.normal(size=s), "float32") for s in shapes])
         value, steps = None, 0
-        for steps in range(1, max_iter + 1):
+        for step in range(1, max_iter + 1):
+            steps = step
             hv = objective.hvp(v)
             for lam, u in zip(values, found):  # deflation
                 c = lam * _dot(u, v)
