@@ -141,6 +141,8 @@ def _epoch_stream(count, info, seed, example):
         return tf.data.Dataset.from_tensor_slices((perm, seeds))
 
     stream = tf.data.Dataset.from_tensors(0).flat_map(order)
+    # flat_map hides the length; Keras needs it to start a fresh pass per epoch.
+    stream = stream.apply(tf.data.experimental.assert_cardinality(count))
     return stream.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 

@@ -414,30 +414,23 @@ class SSAMModel(keras.Model):
         with tf.GradientTape() as tape:
             if state is None:
                 watched = self.trainable_variables
-                y_pred = self(x, training=True)
-                loss = self._compute_loss(
-                    x=x,
-                    y=y,
-                    y_pred=y_pred,
-                    sample_weight=sample_weight,
-                    training=True,
-                )
+                loss, y_pred = self._forward(x, y, sample_weight)
             else:
                 watched = [value for _, value in state]
                 tape.watch(watched)
                 # State updates of this pass (BatchNorm statistics, RNG
                 # seeds) stay inside the scope and are discarded.
                 with keras.StatelessScope(state_mapping=state):
-                    y_pred = self(x, training=True)
-                    loss = self._compute_loss(
-                        x=x,
-                        y=y,
-                        y_pred=y_pred,
-                        sample_weight=sample_weight,
-                        training=True,
-                    )
+                    loss, y_pred = self._forward(x, y, sample_weight)
             scaled = self.optimizer.scale_loss(loss)
         return loss, y_pred, tape.gradient(scaled, watched)
+
+    def _forward(self, x, y, sample_weight):
+        y_pred = self(x, training=True)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        return loss, y_pred
 
     def _unscale(self, grads):
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
