@@ -227,3 +227,18 @@ def test_checkpoint_dir_resume_is_bitwise(tmp_path, optimizer):
     assert [n for n, _ in full] == [n for n, _ in resumed] and len(full) > 10
     for (name, a), (_, b) in zip(full, resumed):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_training_stream_is_a_full_pass_keyed_by_epoch():
+    train, _, info = data.load("digits", batch_size=64)
+    assert int(train.cardinality()) == -(-info.num_train // 64)
+    labels = {}
+    for epoch in (0, 1, 0):
+        info.epoch.assign(epoch)
+        batches = [b[1].numpy() for b in train]
+        assert sum(len(b) for b in batches) == info.num_train
+        order = np.concatenate(batches)
+        if epoch in labels:
+            np.testing.assert_array_equal(labels[epoch], order)  # same epoch, same order
+        labels[epoch] = order
+    assert np.any(labels[0] != labels[1])
