@@ -130,7 +130,7 @@ def main():
     )
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "keras-ssam"))
     parser.add_argument("--train-images", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--curve-every", type=int, default=5)
