@@ -117,6 +117,7 @@ def build_parser():
     a.add_argument("--top-k", type=int, default=5)
     a.add_argument("--max-iter", type=int, default=50)
     a.add_argument("--trace-samples", type=int, default=0)
+    a.add_argument("--method", default="lanczos", help="lanczos or power")
     a.add_argument("--landscape", action="store_true")
     a.add_argument("--dims", type=int, default=1)
     a.add_argument("--resolution", type=int, default=21)

@@ -196,3 +196,15 @@ def test_analyze_cli_needs_an_analysis(tmp_path):
 
     with pytest.raises(SystemExit, match="at least one"):
         cli.main(["analyze", str(tmp_path / "m.keras")])
+
+
+def test_lanczos_matches_numpy_with_few_products():
+    model, a = quadratic()
+    result = analysis.hessian_eigenvalues(
+        model, data(), top_k=3, max_iter=N, method="lanczos", loss=output_loss, verbose=0
+    )
+    want = np.sort(np.linalg.eigvalsh(a))[::-1][:3]
+    np.testing.assert_allclose(result["eigenvalues"], want, rtol=1e-3)
+    assert result["iterations"] == [N]  # N products for an exact answer in N dimensions
+    with pytest.raises(ValueError, match="method='qr'"):
+        analysis.hessian_eigenvalues(model, data(), method="qr", loss=output_loss)
