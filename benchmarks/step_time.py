@@ -3,9 +3,10 @@
     python benchmarks/step_time.py --quick                 # small CNN, ~3 minutes
     python benchmarks/step_time.py --models small_cnn resnet18 --steps 25
 
-For every configuration a fresh model is trained on random CIFAR-shaped data
-at batch 128; the median wall time of the steps after `--warmup` steps is
-reported, with ratios to SGD and to SAM. The last table is the cost of one
+Every configuration gets its own model (masks set as their callbacks set
+them) and the configurations take turns, one `train_on_batch` step each per
+round, on random CIFAR-shaped data at batch 128; the median step time after
+`--warmup` rounds is reported, with ratios to SGD and to SAM. The last table is the cost of one
 mask update relative to a CIFAR-10 epoch (391 steps of the SAM step time).
 """
 
@@ -22,18 +23,6 @@ import keras_ssam  # noqa: E402
 from keras_ssam import models  # noqa: E402
 
 STEPS_PER_CIFAR_EPOCH = 391
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def configs(sparsities):
@@ -53,7 +42,7 @@ def callback(kind, sparsity, x, y):
     return keras_ssam.RandomMask(sparsity)
 
 
-def time_config(model_name, name, kind, sparsity, x, y, steps, warmup, batch):
+def build(model_name, name, kind, sparsity, x, y):
     keras.utils.set_random_seed(0)
     model = models.build_model(model_name, 10, (32, 32, 3))
     if name != "sgd":
@@ -62,18 +51,27 @@ def time_config(model_name, name, kind, sparsity, x, y, steps, warmup, batch):
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    timer = StepTimer()
-    callbacks = [timer] + ([callback(kind, sparsity, x, y)] if kind else [])
-    model.fit(
-        x,
-        y,
-        batch_size=batch,
-        epochs=1,
-        steps_per_epoch=warmup + steps,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    return float(np.median(timer.times[warmup:])), model
+    if kind:
+        mask = callback(kind, sparsity, x, y)
+        mask.set_model(model)
+        mask.set_params({"epochs": 1, "steps": 1})
+        mask.on_train_begin()  # sets the mask; SSAM-D registers its in-step update
+    return model
+
+
+def time_interleaved(built, x, y, steps, warmup, batch):
+    """Round-robin over the configurations, one step each per round, so that
+    load changes on a shared machine hit every configuration alike."""
+    times = {name: [] for name in built}
+    for step in range(warmup + steps):
+        xb = x[(step * batch) % len(x) :][:batch]
+        yb = y[(step * batch) % len(y) :][:batch]
+        for name, model in built.items():
+            start = time.perf_counter()
+            model.train_on_batch(xb, yb)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def mask_update_cost(model_name, x, y, sam_step, num_samples):
@@ -108,16 +106,15 @@ def main():
     x = rng.normal(size=(n, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, n)
     for model_name in args.models:
-        rows = []
-        for name, kind, sparsity in configs(args.sparsities):
-            seconds, _ = time_config(
-                model_name, name, kind, sparsity, x, y, args.steps, args.warmup, args.batch
-            )
-            rows.append((name, seconds))
+        built = {
+            name: build(model_name, name, kind, sparsity, x, y)
+            for name, kind, sparsity in configs(args.sparsities)
+        }
+        rows = list(time_interleaved(built, x, y, args.steps, args.warmup, args.batch).items())
         sgd, sam = rows[0][1], rows[1][1]
         print(
-            f"\nmodel={model_name} batch={args.batch} median of {args.steps} steps "
-            f"after {args.warmup} warm-up steps"
+            f"\nmodel={model_name} batch={args.batch} median of {args.steps} interleaved "
+            f"steps after {args.warmup} warm-up rounds"
         )
         print(f"{'config':<14} {'ms/step':>9} {'÷ SGD':>7} {'÷ SAM':>7}")
         for name, seconds in rows:
