@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from keras_ssam import cli
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/export-demo"
-cli.main(["train", "--epochs", "3", "--verbose", "0", "--out", out, "--export", f"{out}/serving/1"])
+cli.run(["train", "--epochs", "3", "--verbose", "0", "--out", out, "--export", f"{out}/serving/1"])
 
 digits = load_digits()
 images = (digits.images[:4] / 16.0).astype("float32")[..., None]

@@ -2,4 +2,4 @@ import sys
 
 from keras_ssam.cli import main
 
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))

@@ -367,7 +367,8 @@ def analyze(args):
     return report
 
 
-def main(argv=None):
+def run(argv=None):
+    """Runs a command and returns its results (`main` is the console entry)."""
     args = build_parser().parse_args(argv)
     from keras_ssam.data import DatasetError
 
@@ -379,6 +380,11 @@ def main(argv=None):
     except DatasetError as err:
         _fail(str(err))
     return None
+
+
+def main(argv=None):
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":

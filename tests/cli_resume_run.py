@@ -38,4 +38,4 @@ argv = [
 ]
 if checkpoint != "-":
     argv += ["--checkpoint-dir", checkpoint]
-cli.main(argv)
+cli.run(argv)

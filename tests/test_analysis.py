@@ -160,7 +160,7 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
     net.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     net.save(saved)
     out = tmp_path / "analysis"
-    report = cli.main(
+    report = cli.run(
         [
             "analyze",
             saved,
@@ -195,7 +195,7 @@ def test_analyze_cli_needs_an_analysis(tmp_path):
     from keras_ssam import cli
 
     with pytest.raises(SystemExit, match="at least one"):
-        cli.main(["analyze", str(tmp_path / "m.keras")])
+        cli.run(["analyze", str(tmp_path / "m.keras")])
 
 
 def test_lanczos_matches_numpy_with_few_products():

@@ -16,7 +16,7 @@ SHARED = os.path.join(
 
 def run(tmp_path, *argv):
     out = tmp_path / "out"
-    results = cli.main(["train", "--verbose", "0", "--out", str(out), *argv])
+    results = cli.run(["train", "--verbose", "0", "--out", str(out), *argv])
     return results, out
 
 
@@ -242,3 +242,7 @@ def test_training_stream_is_a_full_pass_keyed_by_epoch():
             np.testing.assert_array_equal(labels[epoch], order)  # same epoch, same order
         labels[epoch] = order
     assert np.any(labels[0] != labels[1])
+
+
+def test_console_entry_point_exits_zero(tmp_path):
+    assert cli.main(["train", "--epochs", "1", "--verbose", "0", "--out", str(tmp_path)]) == 0
