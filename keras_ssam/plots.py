@@ -14,6 +14,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_landscape(result, path, title="Loss landscape"):
     """1-D: loss and accuracy along the line; 2-D: contour map and 3-D surface."""
     plt = _pyplot()
@@ -38,10 +45,7 @@ def plot_landscape(result, path, title="Loss landscape"):
         surface.plot_surface(a, b, loss, cmap="viridis", linewidth=0)
         surface.set_zlabel("loss")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_eigenvalues(result, path, title="Top Hessian eigenvalues"):
@@ -51,10 +55,7 @@ def plot_eigenvalues(result, path, title="Top Hessian eigenvalues"):
     ax.bar([f"λ{i + 1}" for i in range(len(values))], values, color="tab:blue")
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"{title}  (λ1/λ{len(values)} = {result['ratio']:.2f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_gradient_difference(result, path, title="|g_SAM − g_SGD| / |g_SGD|"):
@@ -72,7 +73,4 @@ def plot_gradient_difference(result, path, title="|g_SAM − g_SGD| / |g_SGD|"):
     ax.set_xlabel("log10 relative difference")
     ax.set_ylabel("parameters (%)")
     ax.set_title(f"{title}: median {result['median']:.3g}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
