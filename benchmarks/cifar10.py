@@ -75,19 +75,19 @@ def run(root, optimizer, sparsity, seed, args):
         callbacks.append(keras_ssam.DynamicMask(sparsity, seed=seed))
     curve = []
 
-    def evaluate(epoch, logs):
+    def record(epoch, logs):
+        # Train loss/accuracy/sharpness every epoch (free: fit's own logs);
+        # test accuracy on the curve subset every `curve_every` epochs.
+        point = {"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
+        if "sharpness" in logs:
+            point["sharpness"] = logs["sharpness"]
         if (epoch + 1) % args.curve_every == 0 or epoch + 1 == args.epochs:
-            acc = model.evaluate(curve_test, verbose=0, return_dict=True)["accuracy"]
-            curve.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_accuracy": logs["accuracy"],
-                    "test_accuracy": acc,
-                    "sharpness": logs.get("sharpness"),
-                }
-            )
+            point["test_accuracy"] = model.evaluate(curve_test, verbose=0, return_dict=True)[
+                "accuracy"
+            ]
+        curve.append(point)
 
-    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=evaluate))
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=record))
     start = time.perf_counter()
     model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks)
     seconds = time.perf_counter() - start
@@ -133,26 +133,61 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument("--curve-every", type=int, default=5)
+    parser.add_argument("--curve-every", type=int, default=4)
     parser.add_argument("--curve-images", type=int, default=2000)
     parser.add_argument("--out", default="runs/cifar10-benchmark.json")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--plots", default=None, help="folder for the PNG figures (see plot_cifar10.py)"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.train_images, args.epochs, args.seeds, args.curve_every = 1000, 3, 1, 1
+        args.train_images, args.epochs, args.seeds, args.curve_every = 1000, 3, 1, 3
         args.curve_images = 500
     if not os.path.exists(args.data):
         raise SystemExit(f"CIFAR-10 archive not found at {args.data}; pass --data.")
     root = extract(args.data, args.cache)
-    runs = []
+    runs = previous_runs(args)
     for seed in range(args.seeds):
         for optimizer, sparsity in CONFIGS:
+            if any(same_run(r, optimizer, sparsity, seed) for r in runs):
+                continue  # resumed: this run is already in --out
             runs.append(run(root, optimizer, sparsity, seed, args))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "runs": runs}, f, indent=2)
+            save(args, runs)
     print(table(runs))
+    if args.plots:
+        from plot_cifar10 import plot_all
+
+        for path in plot_all(runs, args.plots):
+            print("wrote", path)
+
+
+BUDGET_ARGS = ("train_images", "epochs", "rho", "curve_every", "curve_images")
+
+
+def previous_runs(args):
+    """Runs already in `--out` from an interrupted invocation with the same budget."""
+    if not os.path.exists(args.out):
+        return []
+    with open(args.out) as f:
+        saved = json.load(f)
+    if any(saved["args"].get(k) != getattr(args, k) for k in BUDGET_ARGS):
+        raise SystemExit(f"{args.out} holds runs with another budget; pass another --out.")
+    print(f"resuming: {len(saved['runs'])} runs already in {args.out}", flush=True)
+    return saved["runs"]
+
+
+def same_run(record, optimizer, sparsity, seed):
+    return (record["optimizer"], record["sparsity"], record["seed"]) == (optimizer, sparsity, seed)
+
+
+def save(args, runs):
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"args": vars(args), "runs": runs}, f, indent=2)
+    os.replace(tmp, args.out)
 
 
 if __name__ == "__main__":

@@ -242,9 +242,21 @@ def _decode(path):
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 
+_DECODED = {}  # (paths, shape) -> array: re-loading a folder in one process decodes once
+
+
 def _decode_all(paths, shape):
     """Decodes every image once into a uint8 array (sizes unified to `shape`)."""
+    key = (tuple(paths.tolist()), tuple(shape))
+    if key not in _DECODED:
+        if len(_DECODED) >= 4:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = _decode_uncached(paths, shape)
+        _DECODED[key].setflags(write=False)
+    return _DECODED[key]
 
+
+def _decode_uncached(paths, shape):
     def decode(path):
         image = tf.image.resize(_decode(path), shape[:2])
         return tf.cast(tf.round(image), "uint8")
