@@ -118,6 +118,14 @@ def build_parser():
     a.add_argument("--max-iter", type=int, default=50)
     a.add_argument("--trace-samples", type=int, default=0)
     a.add_argument("--method", default="lanczos", help="lanczos or power")
+    a.add_argument("--hvp-mode", default="forward", help="forward (faster) or reverse")
+    a.add_argument(
+        "--hessian-examples",
+        type=int,
+        default=None,
+        help="use only the first N examples for the Hessian (a mini-batch Hessian; "
+        "the cost of every product scales with N). Defaults to all --num-examples",
+    )
     a.add_argument("--landscape", action="store_true")
     a.add_argument("--dims", type=int, default=1)
     a.add_argument("--resolution", type=int, default=21)
@@ -309,6 +317,14 @@ def train(args):
     return results
 
 
+def _first_examples(batches, count, batch_size):
+    if count is None:
+        return batches
+    if count < 1:
+        _fail(f"--hessian-examples must be >= 1; received {count}.")
+    return batches.unbatch().take(count).batch(batch_size)
+
+
 def analyze(args):
     """Runs the requested analyses; writes analysis.json and PNG figures."""
     if not (args.hessian or args.landscape or args.grad_diff):
@@ -334,11 +350,13 @@ def analyze(args):
     if args.hessian:
         result = analysis.hessian_eigenvalues(
             model,
-            batches,
+            _first_examples(batches, args.hessian_examples, args.batch_size),
             top_k=args.top_k,
             max_iter=args.max_iter,
             trace_samples=args.trace_samples,
             seed=args.seed,
+            method=args.method,
+            hvp_mode=args.hvp_mode,
         )
         report["hessian"] = result
         plots.plot_eigenvalues(result, os.path.join(args.out, "eigenvalues.png"))

@@ -43,10 +43,11 @@ def data(n=10):
     return np.zeros((n, 1), "float32"), np.zeros((n, 1), "float32")
 
 
-def test_hessian_vector_product_is_a_v():
+@pytest.mark.parametrize("hvp_mode", ["forward", "reverse"])
+def test_hessian_vector_product_is_a_v(hvp_mode):
     model, a = quadratic()
     v = np.random.default_rng(1).normal(size=(N, 1)).astype("float32")
-    hv = analysis.hessian_vector_product(model, data(), [v], loss=output_loss)
+    hv = analysis.hessian_vector_product(model, data(), [v], loss=output_loss, hvp_mode=hvp_mode)
     np.testing.assert_allclose(hv[0].numpy(), a @ v, rtol=1e-4, atol=1e-5)
 
 
@@ -125,6 +126,17 @@ def test_analysis_leaves_weights_and_bn_statistics_bit_identical():
         np.testing.assert_array_equal(b, v.numpy())
 
 
+def test_forward_over_reverse_equals_double_backprop_with_batchnorm():
+    model, x, y = bn_classifier()
+    rng = np.random.default_rng(3)
+    v = [rng.normal(size=w.shape).astype("float32") for w in model.trainable_variables]
+    fwd = analysis.hessian_vector_product(model, (x, y), v, batch_size=16, hvp_mode="forward")
+    rev = analysis.hessian_vector_product(model, (x, y), v, batch_size=16, hvp_mode="reverse")
+    for a, b in zip(fwd, rev):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    assert max(float(np.abs(a).max()) for a in fwd) > 1e-3  # a real, non-zero curvature
+
+
 def test_landscape_accuracy_is_counted():
     model, x, y = bn_classifier()
     result = analysis.loss_landscape(model, (x, y), resolution=3, span=(0.0, 0.0 + 1e-9), verbose=0)
@@ -146,6 +158,8 @@ class TestBadInput:
             analysis.gradient_difference(model, (x[:0], y[:0]))
         with pytest.raises(TypeError, match="model="):
             analysis.gradient_difference("model.keras", (x, y))
+        with pytest.raises(ValueError, match="hvp_mode='jvp'"):
+            analysis.hessian_eigenvalues(model, (x, y), hvp_mode="jvp")
 
 
 def test_analyze_cli_writes_json_and_pngs(tmp_path):
@@ -173,6 +187,10 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
             "2",
             "--max-iter",
             "3",
+            "--method",
+            "power",
+            "--hessian-examples",
+            "32",
             "--landscape",
             "--resolution",
             "3",
@@ -185,6 +203,7 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
     )
     saved_report = json.loads((out / "analysis.json").read_text())
     assert len(saved_report["hessian"]["eigenvalues"]) == 2
+    assert len(saved_report["hessian"]["iterations"]) == 2  # power: one count per eigenvalue
     assert np.asarray(saved_report["landscape"]["loss"]).shape == (3, 3)
     assert report["gradient_difference"]["median"] >= 0
     for name in ("eigenvalues.png", "landscape_2d.png", "grad_diff.png"):
