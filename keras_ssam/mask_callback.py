@@ -64,6 +64,7 @@ class MaskCallback(keras.callbacks.Callback):
             raise TypeError(f"`seed` must be an integer; received seed={seed!r}.")
         self.seed = int(seed)
         self.updates = 0
+        self._first_batch = False
         self.history = []
         self._epoch_log = {}
         self._epoch = 0
@@ -134,9 +135,10 @@ class MaskCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._check_model()
         self._epoch_log = {}
-        # Masks restored from a backup (or kept from an earlier fit()) stay.
-        if int(keras.ops.convert_to_numpy(self.model.masks_initialized)) == 0:
-            self.update_mask(0)
+        # The first mask is computed before the first step, not here: a
+        # `BackupAndRestore` listed after this callback restores the masks in
+        # its own `on_train_begin`, and a restored mask must not be recomputed.
+        self._first_batch = True
 
     def on_update_due(self, index):
         """Called when an update is due at epoch or step `index`."""
@@ -148,6 +150,11 @@ class MaskCallback(keras.callbacks.Callback):
             self.on_update_due(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._first_batch:
+            self._first_batch = False
+            # Masks restored from a backup (or kept from an earlier fit()) stay.
+            if int(keras.ops.convert_to_numpy(self.model.masks_initialized)) == 0:
+                self.update_mask(0)
         if self.update_unit == "step":
             step = self._global_step()  # restored with the optimizer on resume
             if self._due(step):

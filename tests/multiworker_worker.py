@@ -1,7 +1,15 @@
-"""One worker of a 2-worker MultiWorkerMirroredStrategy SSAM-F run (see test)."""
+"""One worker of a 2-worker MultiWorkerMirroredStrategy SSAM-F run (see test).
+
+    multiworker_worker.py OUT [EPOCHS [BACKUP_DIR [KILL_AT_EPOCH]]]
+
+With BACKUP_DIR, training runs under `keras.callbacks.BackupAndRestore` with
+one backup folder per worker (BACKUP_DIR/worker-INDEX); with KILL_AT_EPOCH,
+worker 1 SIGKILLs itself at the second batch of that (0-based) epoch.
+"""
 
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -15,6 +23,10 @@ import numpy as np  # noqa: E402
 import keras_ssam  # noqa: E402
 
 out = sys.argv[1]
+epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+backup = sys.argv[3] if len(sys.argv) > 3 else None
+kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 rng = np.random.default_rng(0)
 x = rng.normal(size=(64, 5)).astype("float32")
 y = rng.integers(0, 3, 64).astype("int64")
@@ -30,7 +42,28 @@ with strategy.scope():
     )
 data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 fisher = keras_ssam.FisherMask(x, y, num_samples=16, sparsity=0.6)
-model.fit(data, epochs=3, verbose=0, callbacks=[fisher])
-task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+callbacks = [fisher]
+if backup:
+    callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(backup, f"worker-{task}")))
+
+
+class Probe(keras.callbacks.Callback):
+    """Records the epochs this process runs; worker 1 may kill itself."""
+
+    epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.epochs.append(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if task == 1 and self.epoch == kill_at and batch == 1:
+            print("KILLED", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+callbacks.append(Probe())
+model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks)
 np.savez(os.path.join(out, f"worker{task}.npz"), *[v.numpy() for v in model.variables])
+print("EPOCHS", *Probe.epochs)
 print("DONE", task, fisher.updates)
