@@ -7,7 +7,7 @@ Budget (see docs/RESULTS.md for why): the 6-conv BatchNorm proxy CNN
 (~290k parameters), a seeded subset of the training images, SGD momentum 0.9,
 cosine lr from 0.05, decoupled weight decay 5e-4 (SGD) / 1e-3 (SAM, SSAM), crop +
 flip + Cutout, the same rho for every SAM-type run, >= 3 seeds. Test accuracy on
-all 10,000 test images at the end; a 2,000-image test subset every few epochs
+all 10,000 test images at the end; a 1,000-image test subset every few epochs
 for the curves. Writes a JSON of every run and, with --plots, PNG figures.
 """
 
@@ -129,12 +129,12 @@ def main():
         ),
     )
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "keras-ssam"))
-    parser.add_argument("--train-images", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument("--curve-every", type=int, default=4)
-    parser.add_argument("--curve-images", type=int, default=2000)
+    parser.add_argument("--curve-every", type=int, default=3)
+    parser.add_argument("--curve-images", type=int, default=1000)
     parser.add_argument("--out", default="runs/cifar10-benchmark.json")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
