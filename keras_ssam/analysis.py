@@ -215,8 +215,9 @@ def hessian_eigenvalues(
         top_k: Integer >= 1. Number of eigenvalues. Defaults to `5`.
         max_iter: Integer >= 1. Power iterations per eigenvalue. Defaults
             to `100`.
-        tol: Float. Relative change that stops an iteration. Defaults to
-            `1e-4`.
+        tol: Float. Relative change that stops an iteration (power: of the
+            Rayleigh quotient; Lanczos: of each of the top_k Ritz values).
+            Defaults to `1e-4`.
         trace_samples: Integer >= 0. Rademacher probes for Hutchinson's
             trace estimate; 0 skips it. Defaults to `0`.
         loss: Loss to use instead of the compiled one. Defaults to `None`.
@@ -225,8 +226,8 @@ def hessian_eigenvalues(
         verbose: Integer. 1 shows a progress bar. Defaults to `1`.
         method: `"power"` (power iteration with deflation, at most `max_iter`
             HVPs per eigenvalue) or `"lanczos"` (`max_iter` Lanczos steps in
-            all, with full re-orthogonalization; the Ritz values approximate
-            the extreme eigenvalues with far fewer HVPs). Defaults to
+            at most, with full re-orthogonalization; the Ritz values
+            approximate the extreme eigenvalues with far fewer HVPs). Defaults to
             `"power"`.
         hvp_mode: How each Hessian-vector product is computed, `"forward"`
             or `"reverse"` (see `hessian_vector_product`). Defaults to
@@ -245,7 +246,7 @@ def hessian_eigenvalues(
     rng = np.random.default_rng(seed)
     shapes = [tuple(v.shape) for v in objective.variables]
     if method == "lanczos":
-        values, iterations = _lanczos(objective, shapes, top_k, max_iter, rng, verbose)
+        values, iterations = _lanczos(objective, shapes, top_k, max_iter, tol, rng, verbose)
         return _spectrum_result(values, iterations, objective, shapes, trace_samples, rng, verbose)
     found, values, iterations = [], [], []
     bar = keras.utils.Progbar(top_k * max_iter, verbose=verbose)
@@ -289,13 +290,19 @@ def _spectrum_result(values, iterations, objective, shapes, trace_samples, rng, 
     return result
 
 
-def _lanczos(objective, shapes, top_k, steps, rng, verbose):
-    """Lanczos with full re-orthogonalization; returns the top_k Ritz values."""
+def _lanczos(objective, shapes, top_k, steps, tol, rng, verbose):
+    """Lanczos with full re-orthogonalization; returns the top_k Ritz values.
+
+    Stops early once every one of the top_k Ritz values moved by at most
+    `tol` (relative) in the last step: extreme eigenvalues converge first,
+    usually long before `steps` products.
+    """
     size = sum(int(np.prod(s)) for s in shapes)
     steps = min(max(steps, top_k), size)
     basis, alphas, betas = [], [], []
     v = _normalize([tf.constant(rng.normal(size=s), "float32") for s in shapes])
     bar = keras.utils.Progbar(steps, verbose=verbose)
+    previous = None
     for i in range(steps):
         basis.append(v)
         w = objective.hvp(v)
@@ -304,15 +311,26 @@ def _lanczos(objective, shapes, top_k, steps, rng, verbose):
             c = _dot(w, u)
             w = [a - c * b for a, b in zip(w, u)]
         bar.add(1)
+        current = _top_ritz(alphas, betas, top_k)
+        converged = (
+            previous is not None
+            and len(current) == len(previous) == top_k
+            and np.all(np.abs(current - previous) <= tol * np.abs(current))
+        )
+        previous = current
         beta = np.sqrt(_dot(w, w))
-        if i == steps - 1 or beta < 1e-10:
+        if converged or i == steps - 1 or beta < 1e-10:
             break
         betas.append(beta)
         v = [t / beta for t in w]
+    bar.add(steps - len(alphas))
+    return [float(r) for r in previous], [len(alphas)]
+
+
+def _top_ritz(alphas, betas, top_k):
     tri = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
     ritz = np.linalg.eigvalsh(tri)
-    order = np.argsort(-np.abs(ritz))[:top_k]
-    return [float(r) for r in ritz[order]], [len(alphas)]
+    return ritz[np.argsort(-np.abs(ritz))[:top_k]]
 
 
 def filter_normalized_direction(variables, rng, ignore_bias_bn=True):
