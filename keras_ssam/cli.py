@@ -167,6 +167,16 @@ def resolve(args):
     return args
 
 
+def _backup_dir(args, strategy):
+    # Keras 3 writes the same backup file names from every worker: one
+    # folder per worker keeps them apart on a shared file system.
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return os.path.join(args.checkpoint_dir, f"worker-{strategy.cluster_resolver.task_id}")
+    return args.checkpoint_dir
+
+
 def _strategy(kind):
     import tensorflow as tf
 
@@ -268,7 +278,8 @@ def train(args):
         train_limit=args.train_limit,
         test_limit=args.test_limit,
     )
-    with _strategy(args.distribute).scope():
+    strategy = _strategy(args.distribute)
+    with strategy.scope():
         model = build(args, info)
     os.makedirs(args.out, exist_ok=True)
     callbacks = _epoch_callbacks(args.out)
@@ -278,7 +289,7 @@ def train(args):
     # First: the epoch keys the data order, which resumed runs must repeat.
     callbacks.insert(0, data.epoch_callback(info))
     if args.checkpoint_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(args.checkpoint_dir))
+        callbacks.append(keras.callbacks.BackupAndRestore(_backup_dir(args, strategy)))
     start = time.perf_counter()
     history = model.fit(
         train_ds,
