@@ -55,7 +55,8 @@ def build(model_name, name, kind, sparsity, x, y):
         mask = callback(kind, sparsity, x, y)
         mask.set_model(model)
         mask.set_params({"epochs": 1, "steps": 1})
-        mask.on_train_begin()  # sets the mask; SSAM-D registers its in-step update
+        mask.on_train_begin()  # SSAM-D registers its in-step update
+        mask.on_train_batch_begin(0)  # the first mask, as before fit's first step
     return model
 
 
