@@ -104,18 +104,26 @@ def run(root, optimizer, sparsity, seed, args):
 
 def table(runs):
     lines = [
-        "| config | test accuracy (mean ± std) | seeds | minutes per run |",
-        "|---|---|---|---|",
+        "| config | test accuracy % (mean ± std) | per seed | train accuracy %, last epoch"
+        " | sharpness, last epoch | minutes per run |",
+        "|---|---|---|---|---|---|",
     ]
     for optimizer, sparsity in CONFIGS:
-        picked = [r for r in runs if r["optimizer"] == optimizer and r["sparsity"] == sparsity]
+        picked = sorted(
+            (r for r in runs if (r["optimizer"], r["sparsity"]) == (optimizer, sparsity)),
+            key=lambda r: r["seed"],
+        )
         if not picked:
             continue
         accs = np.array([r["test_accuracy"] for r in picked]) * 100
+        train = np.array([r["curve"][-1]["train_accuracy"] for r in picked]) * 100
+        sharp = [r["curve"][-1].get("sharpness") for r in picked]
         name = optimizer if sparsity is None else f"{optimizer} {int(sparsity * 100)}%"
         lines.append(
             f"| {name} | {accs.mean():.2f} ± {accs.std(ddof=1) if len(accs) > 1 else 0:.2f}"
-            f" | {len(accs)} | {np.mean([r['seconds'] for r in picked]) / 60:.1f} |"
+            f" | {' / '.join(f'{a:.1f}' for a in accs)} | {train.mean():.1f}"
+            f" | {'—' if None in sharp else f'{np.mean(sharp):.4f}'}"
+            f" | {np.mean([r['seconds'] for r in picked]) / 60:.1f} |"
         )
     return "\n".join(lines)
 
