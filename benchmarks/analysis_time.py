@@ -52,7 +52,7 @@ def main():
     print(f"| {'operation':<38} | {'seconds':>8} | {'x gradient':>10} |")
     print(f"|{'-' * 40}|{'-' * 10}|{'-' * 12}|")
     for name, s in sec.items():
-        print(f"| {name:<38} | {s:>8.1f} | {s / sec['gradient']:>10.2f} |")
+        print(f"| {name:<38} | {s:>8.3f} | {s / sec['gradient']:>10.2f} |")
     hvp = sec["HVP, forward-over-reverse"]
     print(
         f"forward / double-backprop HVP time: {hvp / sec['HVP, double backprop']:.2f}; "

@@ -240,6 +240,8 @@ def hessian_eigenvalues(
     _check_int("top_k", top_k, 1)
     _check_int("max_iter", max_iter, 1)
     _check_int("trace_samples", trace_samples, 0)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
+        raise ValueError(f"`tol` must be a float >= 0; received tol={tol!r}.")
     if method not in ("power", "lanczos"):
         raise ValueError(f"`method` must be 'power' or 'lanczos'; received method={method!r}.")
     objective = _Objective(model, data, loss, batch_size, hvp_mode)

@@ -116,6 +116,12 @@ def build_parser():
     a.add_argument("--hessian", action="store_true")
     a.add_argument("--top-k", type=int, default=5)
     a.add_argument("--max-iter", type=int, default=50)
+    a.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="stop once each top-k eigenvalue moved by at most this fraction in a step",
+    )
     a.add_argument("--trace-samples", type=int, default=0)
     a.add_argument("--method", default="lanczos", help="lanczos or power")
     a.add_argument("--hvp-mode", default="forward", help="forward (faster) or reverse")
@@ -319,6 +325,8 @@ def train(args):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     model.save_weights(os.path.join(args.out, "final.weights.h5"))
+    # The whole model too, so that `keras-ssam analyze OUT/model.keras` works on it.
+    model.save(os.path.join(args.out, "model.keras"))
     if args.export:
         model.export(args.export, verbose=False)
     print(
@@ -359,19 +367,22 @@ def analyze(args):
     os.makedirs(args.out, exist_ok=True)
     report = {"model": args.model, "dataset": args.dataset, "split": args.split}
     if args.hessian:
+        start = time.perf_counter()
         result = analysis.hessian_eigenvalues(
             model,
             _first_examples(batches, args.hessian_examples, args.batch_size),
             top_k=args.top_k,
             max_iter=args.max_iter,
+            tol=args.tol,
             trace_samples=args.trace_samples,
             seed=args.seed,
             method=args.method,
             hvp_mode=args.hvp_mode,
         )
-        report["hessian"] = result
+        report["hessian"] = dict(result, seconds=time.perf_counter() - start)
         plots.plot_eigenvalues(result, os.path.join(args.out, "eigenvalues.png"))
     if args.landscape:
+        start = time.perf_counter()
         result = analysis.loss_landscape(
             model,
             batches,
@@ -384,12 +395,15 @@ def analyze(args):
         report["landscape"] = {
             k: np.asarray(v).tolist() for k, v in result.items() if k != "directions"
         }
+        report["landscape"]["seconds"] = time.perf_counter() - start
     if args.grad_diff:
+        start = time.perf_counter()
         result = analysis.gradient_difference(model, batches, rho=args.rho)
         plots.plot_gradient_difference(result, os.path.join(args.out, "grad_diff.png"))
         report["gradient_difference"] = {
             k: np.asarray(v).tolist() for k, v in result.items() if k != "ratio"
         }
+        report["gradient_difference"]["seconds"] = time.perf_counter() - start
     with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(f"analysis written to {args.out}")

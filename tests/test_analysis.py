@@ -161,6 +161,8 @@ class TestBadInput:
             analysis.gradient_difference("model.keras", (x, y))
         with pytest.raises(ValueError, match="hvp_mode='jvp'"):
             analysis.hessian_eigenvalues(model, (x, y), hvp_mode="jvp")
+        with pytest.raises(ValueError, match="tol=-0.1"):
+            analysis.hessian_eigenvalues(model, (x, y), tol=-0.1)
 
 
 def test_analyze_cli_writes_json_and_pngs(tmp_path):

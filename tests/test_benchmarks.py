@@ -47,7 +47,8 @@ def test_step_time_script():
 def test_analysis_time_script():
     out = script("analysis_time.py", "--model", "small_cnn", "--examples", "32", "--repeats", "1")
     rows = table_rows(out, "| HVP")
-    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)
+    # Seconds can round to 0.000 for a 32-example small CNN; the ratio to a gradient cannot.
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows)
 
 
 @pytest.mark.slow

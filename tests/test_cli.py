@@ -246,3 +246,29 @@ def test_training_stream_is_a_full_pass_keyed_by_epoch():
 
 def test_console_entry_point_exits_zero(tmp_path):
     assert cli.main(["train", "--epochs", "1", "--verbose", "0", "--out", str(tmp_path)]) == 0
+
+
+def test_trained_model_file_reloads_and_feeds_analyze(tmp_path):
+    import keras
+
+    import keras_ssam
+
+    results, out = run(tmp_path, "--optimizer", "ssam-f", "--epochs", "1")
+    model = keras.models.load_model(out / "model.keras")
+    assert isinstance(model, keras_ssam.SSAMModel)
+    assert model.mask_density() == pytest.approx(results["mask_density"], abs=1e-6)
+    # Same weights and masks as the weight file written beside it.
+    reference = cli.build(
+        cli.resolve(cli.build_parser().parse_args(["train"])), data.load("digits")[2]
+    )
+    reference.load_weights(out / "final.weights.h5")
+    for a, b in zip(model.weights, reference.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, test_ds, _ = data.load("digits", batch_size=128)
+    scores = model.evaluate(test_ds, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    report = cli.run(
+        ["analyze", str(out / "model.keras"), "--num-examples", "32", "--hessian", "--top-k",
+         "1", "--max-iter", "2", "--out", str(tmp_path / "analysis")]
+    )  # fmt: skip
+    assert len(report["hessian"]["eigenvalues"]) == 1 and report["hessian"]["seconds"] > 0
