@@ -3,7 +3,7 @@
 Written from the math (no code from PyHessian or the loss-landscape project):
 
 - Hessian-vector products by forward-over-reverse differentiation (a JVP of
-  the gradient; about 1.3x cheaper than double backpropagation on a CIFAR
+  the gradient; 1.1-1.3x cheaper than double backpropagation on a CIFAR
   ResNet-18 here, which stays available as `hvp_mode="reverse"`); top
   eigenvalues by Lanczos or power iteration with deflation; the trace by
   Hutchinson's estimator.

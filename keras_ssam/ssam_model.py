@@ -549,6 +549,14 @@ class SSAMModel(keras.Model):
             if f"rng_{i}" in keys:
                 v.assign(store[f"rng_{i}"])
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # Keras keeps the masks in a list that `tf.train.Checkpoint` does not
+        # follow; without this, a checkpoint would restore
+        # `masks_initialized=1` with all-ones masks (silently plain SAM).
+        children = super()._trackable_children(save_type, **kwargs)
+        children.update({f"mask_{i}": m for i, m in enumerate(self._masks)})
+        return children
+
     # -------------------------------------------------------------- exports
     def export(self, filepath, format="tf_saved_model", **kwargs):
         """Exports the wrapped model only; masks and SSAM state stay out."""

@@ -141,3 +141,18 @@ def test_saves_are_atomic(tmp_path, monkeypatch):
 def test_bad_non_finite_choice():
     with pytest.raises(ValueError, match="non_finite='ignore'"):
         SSAMModel(make_mlp(make_params()), non_finite="ignore")
+
+
+def test_tf_train_checkpoint_carries_masks_and_state(tmp_path):
+    import tensorflow as tf
+
+    source = SSAMModel(make_mlp(make_params()), rho=0.3)
+    rng = np.random.default_rng(0)
+    masks = [(rng.random(m.shape) < 0.5).astype("float32") for m in source.masks]
+    source.set_masks(masks)
+    source.masks_initialized.assign(1)
+    path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+    target = SSAMModel(make_mlp(make_params()))
+    tf.train.Checkpoint(model=target).restore(path).assert_existing_objects_matched()
+    assert_bitwise(masks, [m.numpy() for m in target.masks])
+    assert target.rho == pytest.approx(0.3) and int(target.masks_initialized.numpy()) == 1
