@@ -63,9 +63,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
 def _nan_data():
     x, y = make_data()
-    # Poisons the second batch of 8 through its sample weight: a NaN input
-    # can vanish on some CPUs (TensorFlow's fused oneDNN MatMul+Relu maps
-    # it to 0 on AVX-512 machines), a NaN weight reaches the loss on all.
+    # Poisons the second batch of 8 through its sample weight. A NaN input
+    # does not reach the loss everywhere: on an AVX-512 CPU, graph-mode
+    # TensorFlow logged a finite loss for it (eager and XLA did not).
     weights = np.ones(len(y), "float32")
     weights[10] = np.nan
     return x, y, weights
