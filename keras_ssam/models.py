@@ -1,8 +1,11 @@
 """The paper's architectures, built from code (no weight downloads).
 
-CIFAR variants follow the official SSAM code: a 3x3 stride-1 first conv and
-no initial pooling (ResNet-18), pre-activation wide blocks (WRN-28-10), and
-VGG-11 with BatchNorm and a single linear classifier.
+CIFAR variants follow the official SSAM code (github Mi-Peng/
+Sparse-Sharpness-Aware-Minimization, `models/*.py`): a 3x3 stride-1 first conv
+and no initial pooling (ResNet-18), pre-activation wide blocks (WRN-28-10), and
+VGG-11 with BatchNorm and the classifier `512 -> 4096 -> 4096 -> classes` with
+ReLU and Dropout(0.5). Parameter counts for 10 classes equal the official
+models': 11,173,962 / 36,479,194 / 28,149,514 (pinned in tests/test_models.py).
 """
 
 import keras
@@ -89,8 +92,27 @@ def wrn28_10(num_classes=10, input_shape=(32, 32, 3), preprocessing=None):
     return wide_resnet(28, 10, num_classes, input_shape, preprocessing)
 
 
-def vgg11_bn(num_classes=10, input_shape=(32, 32, 3), preprocessing=None):
-    """VGG-11 with BatchNorm for 32x32 inputs (about 9.2M parameters)."""
+def vgg11_bn(num_classes=10, input_shape=(32, 32, 3), preprocessing=None, dropout=0.5):
+    """VGG-11 with BatchNorm, the paper's CIFAR model (28,149,514 parameters
+    with 10 classes).
+
+    As the official code: eight 3x3 convolutions (with bias) each followed by
+    BatchNorm and ReLU, five 2x2 max-pools, then a classifier
+    `Linear(512, 4096) - ReLU - Dropout - Linear(4096, 4096) - ReLU - Dropout -
+    Linear(4096, classes)`. On 32x32 inputs the last pool leaves a 1x1x512 map,
+    which is flattened.
+
+    Args:
+        num_classes: Number of output logits. Defaults to `10`.
+        input_shape: Shape of one input image. Defaults to `(32, 32, 3)`.
+        preprocessing: Optional layer applied to the inputs first (e.g. a
+            `keras.layers.Normalization`). Defaults to `None`.
+        dropout: Dropout rate of the two hidden classifier layers (PyTorch's
+            `nn.Dropout()` default). Defaults to `0.5`.
+
+    Returns:
+        A `keras.Model` producing logits.
+    """
     inputs, x = _inputs(input_shape, preprocessing)
     for i, item in enumerate(VGG11):
         if item == "M":
@@ -98,7 +120,15 @@ def vgg11_bn(num_classes=10, input_shape=(32, 32, 3), preprocessing=None):
         else:
             conv = layers.Conv2D(item, 3, padding="same", name=f"conv{i}")
             x = layers.ReLU()(_bn(f"bn{i}")(conv(x)))
-    x = layers.Flatten()(x) if x.shape[1] == 1 else layers.GlobalAveragePooling2D()(x)
+    if x.shape[1] != 1 or x.shape[2] != 1:
+        raise ValueError(
+            "vgg11_bn expects inputs that five 2x2 pools reduce to 1x1 (32x32, as CIFAR); "
+            f"received input_shape={tuple(input_shape)!r}."
+        )
+    x = layers.Flatten()(x)
+    for i in range(2):
+        x = layers.Dense(4096, activation="relu", name=f"fc{i}")(x)
+        x = layers.Dropout(dropout, name=f"dropout{i}")(x)
     return keras.Model(inputs, layers.Dense(num_classes, name="logits")(x), name="vgg11_bn")
 
 
