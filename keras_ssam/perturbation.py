@@ -13,7 +13,7 @@ def sparse_perturbation(
     norm_scope="all",
     adaptive=False,
     eta=0.01,
-    epsilon=1e-12,
+    epsilon=1e-7,
 ):
     """Computes the masked SAM perturbation `e` for every variable.
 
@@ -38,7 +38,7 @@ def sparse_perturbation(
             Defaults to `False`.
         eta: Float. ASAM's offset in `T`. Defaults to `0.01`.
         epsilon: Float. Added to the norm to avoid a division by zero.
-            Defaults to `1e-12`.
+            Defaults to `1e-7`, the official code's value.
 
     Returns:
         A list of perturbation tensors, one per gradient.

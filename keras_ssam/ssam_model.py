@@ -64,7 +64,8 @@ class SSAMModel(keras.Model):
             gradient (one extra all-reduce per step); `"local"` perturbs each
             replica with its own gradient (Foret et al.'s m-sharpness).
             Identical on one device. Defaults to `"global"`.
-        epsilon: Float. Added to the gradient norm. Defaults to `1e-12`.
+        epsilon: Float. Added to the gradient norm, as in the official code.
+            Defaults to `1e-7`.
         num_batch_splits: Integer. Foret et al.'s m-sharpness on one device:
             each batch is cut into this many contiguous sub-batches (sizes
             differing by at most one, so a short last batch works), each with
@@ -72,11 +73,21 @@ class SSAMModel(keras.Model):
             size-weighted mean (tf-keras sums them). BatchNorm statistics are
             then updated once per sub-batch, and an in-step mask update uses
             the first sub-batch's gradient. Defaults to `1`.
-        non_finite: What a non-finite loss or first-pass gradient does (without
-            loss scaling): `"skip"` skips the step, weights and masks
-            untouched, and warns; `"stop"` also stops `fit()`. Under a
+        non_finite: What a step with a non-finite gradient (first pass at
+            `w` or second pass at `w + e`) does without loss scaling:
+            `"skip"` skips it, weights, masks and optimizer state untouched,
+            and warns once per epoch; `"stop"` also stops `fit()` after that
+            batch (which reads a counter every batch, a host sync). Under a
             `LossScaleOptimizer` such steps are the loss scale's business and
             are skipped silently. Defaults to `"skip"`.
+        coupled_weight_decay: Float >= 0. PyTorch-style (coupled) L2 decay:
+            `wd * w`, at the unperturbed `w`, is added to each trainable
+            variable's final gradient `grad L(w + e)` before the optimizer,
+            so it flows through momentum exactly as in `torch.optim.SGD(...,
+            weight_decay=wd)`, the official code's optimizer. It is not part
+            of `e`, of the logged loss or of `sharpness`. Keras'
+            `weight_decay=` on the optimizer is decoupled instead. Defaults
+            to `0.0`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
 
     Example:
@@ -107,9 +118,10 @@ class SSAMModel(keras.Model):
         adaptive=False,
         eta=0.01,
         perturbation="global",
-        epsilon=1e-12,
+        epsilon=1e-7,
         num_batch_splits=1,
         non_finite="skip",
+        coupled_weight_decay=0.0,
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -127,7 +139,11 @@ class SSAMModel(keras.Model):
         _check_choice("non_finite", non_finite, NON_FINITE)
         if not isinstance(adaptive, bool):
             raise TypeError(f"`adaptive` must be a bool; received adaptive={adaptive!r}.")
-        for name, value in (("eta", eta), ("epsilon", epsilon)):
+        for name, value in (
+            ("eta", eta),
+            ("epsilon", epsilon),
+            ("coupled_weight_decay", coupled_weight_decay),
+        ):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"`{name}` must be a float; received {name}={value!r}.")
             if not math.isfinite(value) or value < 0:
@@ -152,6 +168,7 @@ class SSAMModel(keras.Model):
         self.eta = float(eta)
         self.perturbation = perturbation
         self.epsilon = float(epsilon)
+        self.coupled_weight_decay = float(coupled_weight_decay)
         # A variable, so schedules change rho without retracing and
         # checkpoints carry its current value.
         self._rho = self.add_weight(
@@ -187,13 +204,15 @@ class SSAMModel(keras.Model):
                     "data) before wrapping, or pass an input shape to build()."
                 )
             self.model.build(input_shape)
-        variables = self.model.trainable_variables
-        if not variables:
+        if not self.model.trainable_variables:
             raise ValueError(
                 f"`model` has no trainable variables; received model={self.model.name!r}."
             )
-        # One binary mask per trainable variable; non-trainable so that no
-        # optimizer touches it, saved with the model and in checkpoints.
+        # One binary mask per floating-point weight, not only the trainable
+        # ones: a layer frozen now may be unfrozen for fine-tuning later, and
+        # its mask must exist then. Only the masks of currently trainable
+        # variables are used (`masks`); the others cost memory, nothing else.
+        weights = [v for v in self.model.weights if _is_float(v)]
         self._masks = [
             self.add_weight(
                 name=f"mask_{i}",
@@ -202,45 +221,87 @@ class SSAMModel(keras.Model):
                 trainable=False,
                 dtype="float32",
             )
-            for i, v in enumerate(variables)
+            for i, v in enumerate(weights)
         ]
-        self._mask_index = {id(v): i for i, v in enumerate(variables)}
+        self._mask_index = {id(v): i for i, v in enumerate(weights)}
         # Set by a callback to ask the next step for an in-step mask update.
         self._mask_update_pending = self._state_variable("mask_update_pending")
         # 1 once a mask callback has set the masks: a resumed run keeps them.
         self.masks_initialized = self._state_variable("masks_initialized")
-        # Steps skipped because the first-pass gradient was not finite.
+        # Steps skipped because a gradient was not finite.
         self.non_finite_steps = self._state_variable("non_finite_steps")
+        # Which masks were in use (trainable) when the masks were last set.
+        self._mask_active = self.add_weight(
+            name="mask_active",
+            shape=(len(weights),),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+        )
 
     def _state_variable(self, name):
         return self.add_weight(
             name=name, shape=(), dtype="int32", initializer="zeros", trainable=False
         )
 
+    def _active_indices(self):
+        """Indices of the masks of the currently trainable variables, in mask order."""
+        unknown = [v.path for v in self.model.trainable_variables if id(v) not in self._mask_index]
+        if unknown:
+            raise ValueError(
+                "SSAMModel has no mask for the trainable variable(s) "
+                f"{unknown}: they were created after the model was wrapped. Wrap "
+                "the model again (SSAMModel(model)) after adding variables."
+            )
+        return sorted(self._mask_index[id(v)] for v in self.model.trainable_variables)
+
+    def _active_flags(self):
+        flags = np.zeros(len(self._masks), "int32")
+        flags[self._active_indices()] = 1
+        return flags
+
     @property
     def masks(self):
-        """The mask variables, one per trainable variable of `model`."""
-        return list(self._masks)
+        """The masks of the currently trainable variables of `model`.
+
+        Freezing a layer removes its variables' masks from this list (and
+        from `mask_density()`); unfreezing brings them back.
+        """
+        return [self._masks[i] for i in self._active_indices()]
 
     @property
     def masked_variables(self):
-        """The variables the masks belong to, in the order of `masks`."""
-        by_id = {id(v): v for v in self.model.variables}
-        order = sorted(self._mask_index, key=self._mask_index.get)
-        return [by_id[vid] for vid in order]
+        """The currently trainable variables, in the order of `masks`."""
+        by_index = {
+            i: v for v in self.model.weights if (i := self._mask_index.get(id(v))) is not None
+        }
+        return [by_index[i] for i in self._active_indices()]
+
+    def masks_valid(self):
+        """Whether a mask callback set the masks for the current trainable set.
+
+        False before any mask was set, and after `trainable` changed since:
+        a mask callback then computes a new mask at the next `fit()`.
+        """
+        if int(keras.ops.convert_to_numpy(self.masks_initialized)) == 0:
+            return False
+        recorded = keras.ops.convert_to_numpy(self._mask_active)
+        return bool(np.array_equal(recorded, self._active_flags()))
 
     def set_masks(self, masks):
         """Assigns new binary masks after checking all of them.
 
         Args:
-            masks: List of arrays, one per entry of `masks`, with the same
-                shapes and only the values 0 and 1.
+            masks: List of arrays, one per entry of `masks` (the currently
+                trainable variables), with the same shapes and only the
+                values 0 and 1.
         """
         masks = list(masks)
-        if len(masks) != len(self._masks):
-            raise ValueError(f"`masks` must hold {len(self._masks)} arrays; received {len(masks)}.")
+        targets = self.masks
+        if len(masks) != len(targets):
+            raise ValueError(f"`masks` must hold {len(targets)} arrays; received {len(masks)}.")
         values = []
-        for i, (new, var) in enumerate(zip(masks, self._masks)):
+        for i, (new, var) in enumerate(zip(masks, targets)):
             new = np.asarray(keras.ops.convert_to_numpy(new), dtype="float32")
             if new.shape != tuple(var.shape):
                 raise ValueError(
@@ -249,16 +310,20 @@ class SSAMModel(keras.Model):
             if not np.all((new == 0) | (new == 1)):
                 raise ValueError(f"`masks[{i}]` must contain only 0 and 1.")
             values.append(new)
-        for var, new in zip(self._masks, values):
+        for var, new in zip(targets, values):
             var.assign(new)
+        self._mask_active.assign(self._active_flags())
 
     def set_in_step_mask_update(self, fn):
         """Registers `fn(grads, variables, masks) -> new masks` (or `None`).
 
         When `request_mask_update()` has been called, the next training step
-        calls `fn` with its own first-pass gradient (no extra pass) before
-        forming `e`; `SSAM-D` uses this. All lists are in the order of
-        `masks`.
+        calls `fn` with its own first-pass gradient (no extra pass) after
+        forming `e` with the current masks, so the new masks apply from the
+        following step (the official SSAM-D order); `SSAM-D` uses this. The
+        gradient is the global-batch gradient on every replica, whatever
+        `perturbation` is, so replicas keep identical masks. All lists are in
+        the order of `masks`.
         """
         self._in_step_mask_fn = fn
         if getattr(self, "train_function", None) is not None:
@@ -269,23 +334,26 @@ class SSAMModel(keras.Model):
         self._mask_update_pending.assign(1)
 
     def mask_density(self):
-        """Fraction of trainable entries that are perturbed."""
+        """Fraction of the trainable entries that are perturbed."""
         return float(keras.ops.convert_to_numpy(self._density()))
 
     def _density(self):
-        total = sum(int(np.prod(m.shape)) for m in self._masks)
-        ones = tf.add_n([tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in self._masks])
+        masks = self.masks
+        total = sum(int(np.prod(m.shape)) for m in masks)
+        ones = tf.add_n([tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in masks])
         return tf.cast(tf.cast(ones, "float64") / total, "float32")
 
     def _masks_for(self, variables):
-        # Variables made trainable after build() have no mask: dense (SAM).
-        out = []
-        for v in variables:
-            i = self._mask_index.get(id(v))
-            out.append(
-                tf.ones(v.shape, "float32") if i is None else tf.convert_to_tensor(self._masks[i])
-            )
-        return out
+        return [tf.convert_to_tensor(self._masks[self._mask_index[id(v)]]) for v in variables]
+
+    # ------------------------------------------------------------- counting
+    def count_params(self):
+        """Parameters of the wrapped model; masks and SSAM state are not counted."""
+        return self.model.count_params()
+
+    def summary(self, *args, **kwargs):
+        """The wrapped model's summary (masks and SSAM state are not parameters)."""
+        return self.model.summary(*args, **kwargs)
 
     # ------------------------------------------------------------- the step
     def call(self, inputs, training=None):
@@ -316,7 +384,7 @@ class SSAMModel(keras.Model):
             grads = grads2 if grads is None else [_add(a, b) for a, b in zip(grads, grads2)]
             finite = tf.logical_and(finite, ok)
             preds.append(y_pred)
-        self._apply(finite, grads, variables)
+        self._apply(finite, self._add_coupled_decay(grads, variables), variables)
         self.mask_density_tracker.update_state(self._density())
         y_pred = (
             preds[0]
@@ -329,12 +397,15 @@ class SSAMModel(keras.Model):
 
     def _sam_gradients(self, x, y, sample_weight, variables, first=True):
         """Algorithm 1 on one (sub-)batch: returns L(w), f(x), grad L(w + e), finite."""
-        # Line 1: g = grad L(w), updating BatchNorm statistics.
+        # Pass 2 must draw the same Dropout/augmentation randomness as pass 1
+        # (the official code augments in the loader: both passes see one
+        # batch), so the seed states are read before pass 1 advances them.
+        seeds = [(v, tf.identity(tf.convert_to_tensor(v))) for v in self._rng_states()]
+
+        # Line 1: g = grad L(w), updating BatchNorm statistics and the seeds.
         loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
         ascent = self._ascent_gradients(self._unscale(grads))
         finite = self._all_finite(ascent)
-        if first:
-            self._maybe_update_masks_in_step(ascent, variables)
 
         # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
         e = sparse_perturbation(
@@ -348,18 +419,24 @@ class SSAMModel(keras.Model):
             epsilon=self.epsilon,
         )
         e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
+        if first:
+            # SSAM-D: the mask moves after e was formed with the current one.
+            self._maybe_update_masks_in_step(ascent, variables)
 
         # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
         perturbed = [tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(variables, e)]
         loss2, _, grads2 = self._loss_and_grads(
-            x, y, sample_weight, state=list(zip(variables, perturbed))
+            x, y, sample_weight, state=list(zip(variables, perturbed)), fixed=seeds
         )
+        # w + e may leave the loss's domain: such a step is skipped too.
+        finite = tf.logical_and(finite, self._agree(self._grads_finite(grads2)))
         size = tf.shape(tf.nest.flatten(x)[0])[0]
         if self.num_batch_splits > 1:  # an empty sub-batch gives an empty loss
             loss, loss2 = (tf.where(size > 0, tf.reduce_sum(v), 0.0) for v in (loss, loss2))
         self._loss_tracker.update_state(_unscale_for_distribution(loss), sample_weight=size)
+        gap = tf.where(finite, loss2 - loss, tf.zeros_like(loss))
         self.sharpness_tracker.update_state(
-            _unscale_for_distribution(loss2 - loss), sample_weight=size
+            _unscale_for_distribution(gap), sample_weight=size * tf.cast(finite, size.dtype)
         )
         return loss, y_pred, grads2, finite
 
@@ -388,15 +465,19 @@ class SSAMModel(keras.Model):
     def _maybe_update_masks_in_step(self, grads, variables):
         if self._in_step_mask_fn is None:
             return
+        if self.perturbation == "local":
+            # Scores must agree on every replica, or the masks drift apart.
+            grads = self._global_gradients(grads)
         by_id = {id(v): g for v, g in zip(variables, grads)}
         ordered = self.masked_variables
+        masks = self.masks
         mask_grads = [
             tf.zeros(v.shape, "float32")
             if by_id.get(id(v)) is None
             else tf.cast(by_id[id(v)], "float32")
             for v in ordered
         ]
-        current = [tf.convert_to_tensor(m) for m in self._masks]
+        current = [tf.convert_to_tensor(m) for m in masks]
         new = tf.cond(
             self._mask_update_pending > 0,
             lambda: [
@@ -405,12 +486,16 @@ class SSAMModel(keras.Model):
             lambda: current,
         )
         # Assigned outside the cond: mirrored variables need it there.
-        for mask, value in zip(self._masks, new):
+        for mask, value in zip(masks, new):
             mask.assign(value)
         self._mask_update_pending.assign(0)
 
-    def _loss_and_grads(self, x, y, sample_weight, state=None):
-        """Loss, predictions and (loss-scaled) gradients at `w` or at `state`."""
+    def _loss_and_grads(self, x, y, sample_weight, state=None, fixed=()):
+        """Loss, predictions and (loss-scaled) gradients at `w` or at `state`.
+
+        `fixed` maps further variables (the seed states) to values for the
+        pass at `state`; they are not differentiated.
+        """
         with tf.GradientTape() as tape:
             if state is None:
                 watched = self.trainable_variables
@@ -420,7 +505,7 @@ class SSAMModel(keras.Model):
                 tape.watch(watched)
                 # State updates of this pass (BatchNorm statistics, RNG
                 # seeds) stay inside the scope and are discarded.
-                with keras.StatelessScope(state_mapping=state):
+                with keras.StatelessScope(state_mapping=list(state) + list(fixed)):
                     loss, y_pred = self._forward(x, y, sample_weight)
             scaled = self.optimizer.scale_loss(loss)
         return loss, y_pred, tape.gradient(scaled, watched)
@@ -438,21 +523,31 @@ class SSAMModel(keras.Model):
             return [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
         return grads
 
-    def _all_finite(self, grads):
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-        )
+    def _grads_finite(self, grads):
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+
+    def _agree(self, finite):
+        """`finite` of every replica, so that all replicas take the same branch."""
         ctx = tf.distribute.get_replica_context()
-        if self.perturbation == "local" and ctx is not None and (ctx.num_replicas_in_sync > 1):
-            # Every replica must take the same branch: skip if any overflowed.
-            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, "float32"))
-            finite = bad < 0.5
-        return finite
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return finite
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, "float32"))
+        return bad < 0.5
+
+    def _all_finite(self, grads):
+        finite = self._grads_finite(grads)
+        # Global gradients are already identical on every replica.
+        return self._agree(finite) if self.perturbation == "local" else finite
 
     def _ascent_gradients(self, grads):
         """The gradient that defines e: global (all-reduced) or per replica."""
+        if self.perturbation == "local":
+            return grads
+        return self._global_gradients(grads)
+
+    def _global_gradients(self, grads):
         ctx = tf.distribute.get_replica_context()
-        if self.perturbation == "local" or ctx is None or ctx.num_replicas_in_sync == 1:
+        if ctx is None or ctx.num_replicas_in_sync == 1:
             return grads
         # Each replica's loss is pre-divided by the replica count, so the sum
         # is the gradient of the global batch.
@@ -463,8 +558,21 @@ class SSAMModel(keras.Model):
             out[i] = g
         return out
 
+    def _add_coupled_decay(self, grads, variables):
+        """PyTorch's `g + wd * w` at the unperturbed `w` (loss-scaled like `g`)."""
+        if self.coupled_weight_decay == 0.0:
+            return grads
+        # The optimizer sums the replicas' gradients: each adds its share.
+        factor = self.coupled_weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            factor = factor * tf.cast(self.optimizer.dynamic_scale, "float32")
+        return [
+            None if g is None else g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype)
+            for g, v in zip(grads, variables)
+        ]
+
     def _apply(self, finite, grads, variables):
-        """Applies the perturbed gradients, skipping non-finite first passes."""
+        """Applies the perturbed gradients, skipping steps with non-finite gradients."""
         optimizer = self.optimizer
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             # A non-finite gradient makes the loss-scale optimizer skip the
@@ -499,7 +607,16 @@ class SSAMModel(keras.Model):
         with strategy.scope():
             self._symbolic_build(data_batch=local)
 
+    def make_train_function(self, force=False):
+        self._traced_active = tuple(self._active_indices())
+        return super().make_train_function(force=force)
+
     def fit(self, *args, callbacks=None, **kwargs):
+        # `trainable` changed since the step was traced (fine-tuning): the
+        # step must see the new trainable set and its masks.
+        if self.built and getattr(self, "train_function", None) is not None:
+            if getattr(self, "_traced_active", None) != tuple(self._active_indices()):
+                self.make_train_function(force=True)
         callbacks = list(callbacks or [])
         callbacks.append(_NonFiniteMonitor())
         return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -575,6 +692,7 @@ class SSAMModel(keras.Model):
                 "epsilon": self.epsilon,
                 "num_batch_splits": self.num_batch_splits,
                 "non_finite": self.non_finite,
+                "coupled_weight_decay": self.coupled_weight_decay,
             }
         )
         return config
@@ -589,25 +707,47 @@ class SSAMModel(keras.Model):
 
 
 class _NonFiniteMonitor(keras.callbacks.Callback):
-    """Warns about skipped non-finite steps; stops fit() if asked to."""
+    """Warns about skipped non-finite steps; stops fit() if asked to.
+
+    With `non_finite="skip"` the counter is read once per epoch: a read per
+    batch would stall asynchronous dispatch on accelerators. `"stop"` must
+    stop after the batch, so it reads every batch.
+    """
 
     def on_train_begin(self, logs=None):
-        self._seen = int(self.model.non_finite_steps.numpy())
+        self._seen = _read_int(self.model.non_finite_steps)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        count = int(self.model.non_finite_steps.numpy())
+        if self.model.non_finite == "stop":
+            self._check(f"at batch {batch} of epoch {self._epoch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(f"in epoch {epoch}")
+
+    def _check(self, where):
+        count = _read_int(self.model.non_finite_steps)
         if count == self._seen:
             return
-        self._seen = count
+        new, self._seen = count - self._seen, count
         action = "stopping training" if self.model.non_finite == "stop" else "skipped"
         warnings.warn(
-            f"SSAMModel: non-finite loss or gradient at batch {batch}; step {action} "
-            f"with weights and masks unchanged ({count} such steps so far).",
+            f"SSAMModel: {new} step(s) with a non-finite loss or gradient {where}; "
+            f"{action} with weights, masks and optimizer state unchanged "
+            f"({count} such steps so far).",
             RuntimeWarning,
             stacklevel=2,
         )
         if self.model.non_finite == "stop":
             self.model.stop_training = True
+
+
+def _read_int(variable):
+    """Reads a counter on the host (a device sync)."""
+    return int(keras.ops.convert_to_numpy(variable))
 
 
 @contextlib.contextmanager
@@ -627,6 +767,10 @@ def _atomic_path(filepath):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _is_float(variable):
+    return "float" in str(getattr(variable, "dtype", ""))
 
 
 def _add(a, b):

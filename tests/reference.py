@@ -5,7 +5,7 @@ import tensorflow as tf
 
 
 def numpy_perturbation(
-    grads, masks, rho, weights=None, norm_scope="all", adaptive=False, eta=0.01, epsilon=1e-12
+    grads, masks, rho, weights=None, norm_scope="all", adaptive=False, eta=0.01, epsilon=1e-7
 ):
     """Eq. (2) of Mi et al. (and ASAM's T^2 g / ||T g||) in float64 NumPy."""
     grads = [np.asarray(g, np.float64) for g in grads]
