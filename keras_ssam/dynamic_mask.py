@@ -23,8 +23,16 @@ class DynamicMask(MaskCallback):
     flattest, Eq. 7) are dropped and `n` entries are grown at random among
     the entries that were unperturbed (Eq. 8), so exactly `k` stay perturbed.
     The drop rate decays as `d(t) = drop_rate / 2 * (1 + cos(pi * t / T))`
-    (Eq. 9), `T` being the number of epochs (or steps) of training. `g` is
-    the update step's own first-pass gradient: no extra forward/backward pass.
+    (Eq. 9), `T` being the number of epochs (or steps) of training.
+
+    The order is the official code's: updates are due at every
+    `update_interval`-th epoch (or step) *including* epoch 0 (with
+    `d(0) = drop_rate`). The update runs inside that epoch's first training
+    step, on the step's own first-pass gradient `g` (no extra pass): the step
+    forms `e` with the current mask, then drops and grows, and the new mask
+    applies from the next step. Before the very first step the seeded random
+    initial mask is set, so step 1 perturbs with it. Random draws are keyed by
+    `(seed, index)` of the update and are identical on every replica.
 
     Args:
         sparsity: Float in `[0, 1)`. Defaults to `0.5`.
@@ -38,7 +46,8 @@ class DynamicMask(MaskCallback):
         update_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
         total_steps: Integer `T` when `update_unit="step"` and `fit()` does
             not know the epoch length. Defaults to `None`.
-        seed: Integer. Defaults to `0`.
+        seed: Integer. Seed of the initial mask and of the random growth (and
+            drop). Defaults to `0`.
 
     Example:
 
@@ -49,6 +58,8 @@ class DynamicMask(MaskCallback):
     Reference:
         - [Mi et al., 2022](https://arxiv.org/abs/2210.05177)
     """
+
+    _update_at_zero = True  # the official code also updates at epoch 0
 
     def __init__(
         self,
@@ -76,6 +87,7 @@ class DynamicMask(MaskCallback):
         self.growth_strategy = growth_strategy
         self.total_steps = check_positive_int("total_steps", total_steps, allow_none=True)
         self._count = None
+        self._update_index = None
         self._pending = None
 
     def drop_fraction(self, t):
@@ -117,6 +129,7 @@ class DynamicMask(MaskCallback):
         self.model.set_in_step_mask_update(None)
 
     def on_update_due(self, index):
+        self.index = index
         self._count.assign(self.drop_count(index))
         self._update_index.assign(index)
         self._pending = (mask_ops.flatten(self.model.masks), time.perf_counter())
@@ -137,7 +150,7 @@ class DynamicMask(MaskCallback):
         }
         drop = scores.get(self.drop_strategy)
         if drop is None:
-            drop = mask_ops.random_scores(total, seed)
+            drop = mask_ops.random_scores(total, seed + [0, 2**41])
         grow = scores.get(self.growth_strategy)
         if grow is None:
             grow = mask_ops.random_scores(total, seed + [0, 2**40])
@@ -145,13 +158,13 @@ class DynamicMask(MaskCallback):
         return mask_ops.unflatten(new, [m.shape for m in masks])
 
     def get_config(self):
-        return {
-            "sparsity": self.sparsity,
-            "drop_rate": self.drop_rate,
-            "drop_strategy": self.drop_strategy,
-            "growth_strategy": self.growth_strategy,
-            "update_interval": self.update_interval,
-            "update_unit": self.update_unit,
-            "total_steps": self.total_steps,
-            "seed": self.seed,
-        }
+        config = super().get_config()
+        config.update(
+            {
+                "drop_rate": self.drop_rate,
+                "drop_strategy": self.drop_strategy,
+                "growth_strategy": self.growth_strategy,
+                "total_steps": self.total_steps,
+            }
+        )
+        return config

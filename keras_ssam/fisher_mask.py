@@ -19,18 +19,46 @@ class FisherMask(MaskCallback):
     `(1 - sparsity) * N` entries of `F` (Eq. 6). Per-example gradients are
     vectorized with `tf.vectorized_map` over chunks of `chunk_size` examples
     and accumulated chunk by chunk, so extra memory is about `chunk_size`
-    copies of the model. The pass runs in inference mode: BatchNorm statistics,
-    weights and optimizer state are left untouched.
+    copies of the model.
+
+    By default the Fisher pass runs the model in training mode on each
+    example alone, as the official code does (a batch-size-1 loader in train
+    mode): BatchNorm normalizes with the example's own statistics, so the
+    first mask of a fresh network (moving statistics still 0/1) ranks real
+    gradients rather than saturated logits. All state updates of the pass
+    (BatchNorm moving statistics, random-layer seeds) are discarded, and
+    weights and optimizer state are untouched. Random layers (Dropout,
+    augmentation) draw once per chunk: examples of a chunk share the draw.
+    `training=False` uses inference mode (moving statistics) instead.
+
+    Examples are drawn uniformly without replacement from the whole training
+    set, seeded by `(seed, index)` of the update (the epoch or step), so a
+    resumed run draws what the uninterrupted run drew. Arrays are indexed
+    directly. A `tf.data.Dataset` is counted once (one pass, unless its
+    unbatched cardinality is known), and each update then streams it up to
+    the last drawn position, keeping the drawn positions: the training set is
+    never held in memory, but an update reads up to one pass of the dataset's
+    pipeline. The dataset must be finite, and must yield the same order on
+    every pass for the draw to be reproducible (a dataset that reshuffles
+    each pass still gives a uniform draw).
+
+    The training data is not part of `get_config()` (arrays and datasets are
+    not serializable): rebuild with `FisherMask(x, y, **config)` or
+    `FisherMask.from_config({**config, "x": x, "y": y})`.
 
     Args:
-        x: Training inputs (array), or a `tf.data.Dataset` of `(x, y)`
-            batches such as the one given to `fit()`.
+        x: Training inputs (array), or a finite `tf.data.Dataset` of
+            `(x, y)` (or `(x, y, sample_weight)`) batches such as the one
+            given to `fit()`.
         y: Training targets when `x` is an array. Defaults to `None`.
         num_samples: Integer. Examples drawn (seeded, without replacement)
             for each estimate. Defaults to `16` (the paper's CIFAR value;
             128 for ImageNet).
         chunk_size: Integer. Examples per vectorized pass. Defaults to
             `16`.
+        training: Boolean. Run the Fisher pass in training mode (per-example
+            BatchNorm statistics, state updates discarded), as the official
+            code; `False` for inference mode. Defaults to `True`.
         sparsity: Float in `[0, 1)`. Defaults to `0.5`.
         update_interval: Integer epochs (or steps) between updates.
             Defaults to `1`.
@@ -56,6 +84,7 @@ class FisherMask(MaskCallback):
         y=None,
         num_samples=16,
         chunk_size=16,
+        training=True,
         sparsity=0.5,
         update_interval=1,
         update_unit="epoch",
@@ -64,10 +93,43 @@ class FisherMask(MaskCallback):
         super().__init__(sparsity, update_interval, update_unit, seed)
         self.num_samples = check_positive_int("num_samples", num_samples)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
+        if not isinstance(training, bool):
+            raise TypeError(f"`training` must be a bool; received training={training!r}.")
+        self.training = training
         self.x = x
         self.y = y
         self._examples = _check_data(x, y)
+        self._num_examples = None
         self._jacobian_fn = None
+
+    def num_examples(self):
+        """Number of training examples (a dataset is counted on first use)."""
+        if self._num_examples is None:
+            examples = self._examples
+            if isinstance(examples, tf.data.Dataset):
+                count = int(examples.cardinality())
+                if count == tf.data.INFINITE_CARDINALITY:
+                    raise ValueError(
+                        "FisherMask needs a finite dataset to draw from; received an "
+                        "infinite one (e.g. with `.repeat()`). Pass the dataset "
+                        "without `.repeat()`."
+                    )
+                if count < 0:
+                    count = int(examples.reduce(np.int64(0), lambda n, _: n + 1))
+            else:
+                count = len(examples[1])
+            self._num_examples = count
+        return self._num_examples
+
+    def sample_indices(self):
+        """Positions of the examples of the update at `index`, sorted.
+
+        Uniform without replacement over the whole training set, from a
+        generator seeded by `(seed, index)`.
+        """
+        count = self.num_examples()
+        rng = np.random.default_rng([self.seed, self.index])
+        return np.sort(rng.choice(count, size=min(self.num_samples, count), replace=False))
 
     def sample(self):
         """Draws `num_samples` examples (all of them if there are fewer).
@@ -75,20 +137,10 @@ class FisherMask(MaskCallback):
         The draw depends only on `(seed, index)` of the update, so a resumed
         run draws what the uninterrupted run drew.
         """
-        rng = np.random.default_rng([self.seed, self.index])
+        take = self.sample_indices()
         if isinstance(self._examples, tf.data.Dataset):
-            # A seeded shuffle buffer over the stream: no need to hold the
-            # whole training set in memory.
-            seed = int(rng.integers(2**31))
-            stream = self._examples.shuffle(max(1024, 8 * self.num_samples), seed=seed).take(
-                self.num_samples
-            )
-            xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b, *_ in stream])
-            return np.stack(xs), np.stack(ys)
+            return _gather_from_stream(self._examples, take)
         xs, ys = self._examples
-        count = len(ys)
-        take = rng.choice(count, size=min(self.num_samples, count), replace=False)
-        take.sort()
         return xs[take], ys[take]
 
     def fisher_scores(self, x=None, y=None):
@@ -110,19 +162,35 @@ class FisherMask(MaskCallback):
         return mask_ops.unflatten(flat, [m.shape for m in self.model.masks])
 
     def _squared_grads(self, x, y):
-        if self._jacobian_fn is None:
-            self._jacobian_fn = _make_squared_grads(self.model)
-        return self._jacobian_fn(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+        variables = self.model.masked_variables
+        key = tuple(id(v) for v in variables)
+        if self._jacobian_fn is None or self._jacobian_fn[0] != key:
+            # Rebuilt when the trainable set changes.
+            self._jacobian_fn = (key, _make_squared_grads(self.model, variables, self.training))
+        return self._jacobian_fn[1](tf.convert_to_tensor(x), tf.convert_to_tensor(y))
 
     def get_config(self):
-        return {
-            "num_samples": self.num_samples,
-            "chunk_size": self.chunk_size,
-            "sparsity": self.sparsity,
-            "update_interval": self.update_interval,
-            "update_unit": self.update_unit,
-            "seed": self.seed,
-        }
+        """All `__init__` arguments except the data `x` and `y`."""
+        config = super().get_config()
+        config.update(
+            {
+                "num_samples": self.num_samples,
+                "chunk_size": self.chunk_size,
+                "training": self.training,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        if "x" not in config:
+            raise ValueError(
+                "FisherMask's config does not hold its training data (arrays and "
+                "datasets are not serializable). Pass it in: "
+                "`FisherMask.from_config({**config, 'x': x, 'y': y})` or "
+                f"`FisherMask(x, y, **config)`; received config={config!r}."
+            )
+        return cls(**config)
 
 
 def per_example_loss_fn(model):
@@ -137,15 +205,22 @@ def per_example_loss_fn(model):
     return loss.call if isinstance(loss, keras.losses.Loss) else loss
 
 
-def _make_squared_grads(ssam):
+def _make_squared_grads(ssam, variables, training):
     inner = ssam.model
-    variables = ssam.masked_variables
     loss_fn = per_example_loss_fn(ssam)
+
+    def forward(x):
+        if not training:
+            return inner(x, training=False)
+        # Training mode: BatchNorm uses this example's statistics; its
+        # moving-statistics updates (and seed advances) stay in the scope.
+        with keras.StatelessScope():
+            return inner(x, training=True)
 
     def one_example(example):
         x, y = example
         with tf.GradientTape() as tape:
-            loss = loss_fn(y[None], inner(x[None], training=False))
+            loss = loss_fn(y[None], forward(x[None]))
             loss = tf.cast(tf.reduce_sum(loss), "float32")
         grads = tape.gradient(loss, variables)
         return [
@@ -161,6 +236,21 @@ def _make_squared_grads(ssam):
         return [tf.reduce_sum(g, axis=0) for g in per_example]
 
     return squared_grads
+
+
+def _gather_from_stream(examples, positions):
+    """The examples at sorted `positions` of a stream, in one partial pass."""
+    keep = np.zeros(int(positions[-1]) + 1, bool)
+    keep[positions] = True
+    keep = tf.constant(keep)
+    picked = (
+        examples.take(len(keep))
+        .enumerate()
+        .filter(lambda i, example: tf.gather(keep, i))
+        .map(lambda i, example: (example[0], example[1]))
+    )
+    xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b in picked])
+    return np.stack(xs), np.stack(ys)
 
 
 def _check_data(x, y):

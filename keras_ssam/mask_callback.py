@@ -33,21 +33,39 @@ class MaskCallback(keras.callbacks.Callback):
     """Base class of the mask strategies: when to update, and how to log it.
 
     A strategy implements `compute_mask()`, returning one binary tensor per
-    mask of the `SSAMModel`. The base class computes the first mask before
-    the first training step, recomputes it every `update_interval` epochs or
-    steps, assigns it with `SSAMModel.set_masks`, and adds to the epoch logs
+    mask of the `SSAMModel` (the masks of the currently trainable variables,
+    `model.masks`). The base class computes the first mask before the first
+    training step, recomputes it every `update_interval` epochs or steps,
+    assigns it with `SSAMModel.set_masks`, and adds to the epoch logs
     `mask_density`, `mask_changed` (entries that differ from the previous
     mask) and `mask_seconds` (time spent in updates during the epoch).
 
+    When it runs: at the first batch of `fit()` a new mask is computed unless
+    the model holds valid masks for its current trainable set (restored by
+    `BackupAndRestore`, or kept from an earlier `fit()`); updates due at an
+    epoch run at that epoch's first batch. With `update_unit="step"` the
+    update index is the training step, `optimizer.iterations` read once per
+    epoch (at its first batch, after any restore) plus the batch index: no
+    host synchronization in between. Updates are due at the steps that are
+    multiples of `update_interval`; with `steps_per_execution > 1` Keras
+    runs callbacks only between executions, so an update due inside an
+    execution runs at the first execution boundary at or after it (one
+    update even if several were due), with the boundary's step as index.
+
     Args:
         sparsity: Float in `[0, 1)`. Fraction of entries *not* perturbed;
-            exactly `round((1 - sparsity) * N)` of the `N` trainable entries
-            are perturbed. Defaults to `0.5`.
+            exactly `round((1 - sparsity) * N)` (halves rounded up) of the
+            `N` trainable entries are perturbed. Defaults to `0.5`.
         update_interval: Integer >= 1, or `None` for a mask computed once.
             Defaults to `1`.
         update_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
-        seed: Integer seed of the strategy's randomness. Defaults to `0`.
+        seed: Integer seed of the strategy's randomness; every random draw
+            is keyed by `(seed, index)` of the update, so a resumed run
+            repeats the uninterrupted one. Defaults to `0`.
     """
+
+    # Whether an update is also due at index 0 (SSAM-D updates at epoch 0).
+    _update_at_zero = False
 
     def __init__(self, sparsity=0.5, update_interval=1, update_unit="epoch", seed=0):
         super().__init__()
@@ -64,11 +82,14 @@ class MaskCallback(keras.callbacks.Callback):
             raise TypeError(f"`seed` must be an integer; received seed={seed!r}.")
         self.seed = int(seed)
         self.updates = 0
-        self._first_batch = False
         self.history = []
+        self.index = 0
+        self._first_batch = False
         self._epoch_log = {}
         self._epoch = 0
-        self.index = 0
+        self._epoch_due = False
+        self._epoch_start_step = None  # step of batch 0 of this epoch
+        self._last_boundary = None  # step of the previous execution boundary
 
     # The one method a strategy must provide.
     def compute_mask(self):
@@ -77,6 +98,7 @@ class MaskCallback(keras.callbacks.Callback):
 
     @property
     def num_entries(self):
+        """Number of entries of the currently trainable variables."""
         return sum(int(np.prod(m.shape)) for m in self.model.masks)
 
     @property
@@ -92,6 +114,12 @@ class MaskCallback(keras.callbacks.Callback):
                 f"{type(self).__name__} needs a `keras_ssam.SSAMModel`; received "
                 f"model of type {type(self.model).__name__}."
             )
+
+    def _masks_valid(self):
+        valid = getattr(self.model, "masks_valid", None)
+        if valid is not None:
+            return bool(valid())
+        return int(keras.ops.convert_to_numpy(self.model.masks_initialized)) != 0
 
     def update_mask(self, index=0):
         """Computes and assigns a new mask now; returns the update's log.
@@ -115,7 +143,7 @@ class MaskCallback(keras.callbacks.Callback):
             "mask_seconds": time.perf_counter() - start,
         }
         self.updates += 1
-        self.history.append(log)
+        self.history.append(dict(log, index=self.index))
         self._epoch_log["mask_density"] = log["mask_density"]
         self._epoch_log["mask_changed"] = (
             self._epoch_log.get("mask_changed", 0) + log["mask_changed"]
@@ -126,10 +154,26 @@ class MaskCallback(keras.callbacks.Callback):
         return log
 
     def _due(self, index):
-        return self.update_interval is not None and index > 0 and index % self.update_interval == 0
+        if self.update_interval is None or index % self.update_interval:
+            return False
+        return index > 0 or self._update_at_zero
 
-    def _global_step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def _due_in(self, after, upto):
+        """The largest due index in `(after, upto]`, or `None`."""
+        if self.update_interval is None or upto <= after:
+            return None
+        last = upto - upto % self.update_interval
+        if last <= after or not self._due(last):
+            return None
+        return last
+
+    def _last_execution_length(self):
+        """Steps of the last execution of an epoch, when `fit()` knows them."""
+        steps = (self.params or {}).get("steps")
+        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if not steps:
+            return None
+        return (int(steps) - 1) % per_execution + 1
 
     # Keras hooks.
     def on_train_begin(self, logs=None):
@@ -139,6 +183,9 @@ class MaskCallback(keras.callbacks.Callback):
         # `BackupAndRestore` listed after this callback restores the masks in
         # its own `on_train_begin`, and a restored mask must not be recomputed.
         self._first_batch = True
+        self._epoch_due = False
+        self._epoch_start_step = None
+        self._last_boundary = None
 
     def on_update_due(self, index):
         """Called when an update is due at epoch or step `index`."""
@@ -146,19 +193,44 @@ class MaskCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        if self.update_unit == "epoch" and self._due(epoch):
-            self.on_update_due(epoch)
+        self._epoch_start_step = None
+        # Run at the epoch's first batch, after the first mask is in place.
+        self._epoch_due = self.update_unit == "epoch" and self._due(epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
+        step = None
+        if self.update_unit == "step":
+            step = self._step_at(batch)
         if self._first_batch:
             self._first_batch = False
-            # Masks restored from a backup (or kept from an earlier fit()) stay.
-            if int(keras.ops.convert_to_numpy(self.model.masks_initialized)) == 0:
-                self.update_mask(0)
-        if self.update_unit == "step":
-            step = self._global_step()  # restored with the optimizer on resume
-            if self._due(step):
+            # Masks restored from a backup (or kept from an earlier fit()) stay,
+            # unless the trainable set changed since they were set.
+            if not self._masks_valid():
+                self.update_mask(self._epoch if step is None else step)
+        if self._epoch_due:
+            self._epoch_due = False
+            self.on_update_due(self._epoch)
+        if step is not None:
+            due = self._due_in(self._last_boundary, step)
+            self._last_boundary = step
+            if due is not None:
                 self.on_update_due(step)
+
+    def _step_at(self, batch):
+        """Global step of `batch`: one read of `iterations` per epoch."""
+        if self._epoch_start_step is None:
+            # Restored with the optimizer on resume; the only host sync.
+            iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._epoch_start_step = iterations - batch
+            # The previous execution boundary (the last execution of the
+            # previous epoch), by arithmetic, so that a resumed run, whose
+            # callback has no memory of it, makes the same decisions.
+            last = self._last_execution_length()
+            if last is not None:
+                self._last_boundary = iterations - last
+            elif self._last_boundary is None:
+                self._last_boundary = iterations - 1
+        return self._epoch_start_step + batch
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -167,3 +239,17 @@ class MaskCallback(keras.callbacks.Callback):
             logs.setdefault("mask_seconds", 0.0)
             logs.setdefault("mask_density", self.model.mask_density())
         self._epoch_log = {}
+
+    # Serialization.
+    def get_config(self):
+        """Every `__init__` argument, so that `from_config` rebuilds the callback."""
+        return {
+            "sparsity": self.sparsity,
+            "update_interval": self.update_interval,
+            "update_unit": self.update_unit,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -20,7 +20,9 @@ class RandomMask(MaskCallback):
         update_interval: Integer, or `None` for a fixed mask. Defaults to
             `None`.
         update_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
-        seed: Integer. Defaults to `0`.
+        seed: Integer. Each draw is keyed by `(seed, index)`, `index` being
+            the epoch (or step) of the draw, so a resumed run redraws what the
+            uninterrupted run drew. Defaults to `0`.
 
     Example:
 
@@ -36,14 +38,6 @@ class RandomMask(MaskCallback):
         super().__init__(sparsity, update_interval, update_unit, seed)
 
     def compute_mask(self):
-        scores = mask_ops.random_scores(self.num_entries, [self.seed, self.updates])
+        scores = mask_ops.random_scores(self.num_entries, [self.seed, self.index])
         flat = mask_ops.top_k_indicator(scores, self.k)
         return mask_ops.unflatten(flat, [m.shape for m in self.model.masks])
-
-    def get_config(self):
-        return {
-            "sparsity": self.sparsity,
-            "update_interval": self.update_interval,
-            "update_unit": self.update_unit,
-            "seed": self.seed,
-        }
