@@ -32,9 +32,10 @@ def main():
     y = rng.integers(0, 10, args.examples)
     forward = analysis._Objective(model, (x, y), hvp_mode="forward")
     reverse = analysis._Objective(model, (x, y), hvp_mode="reverse")
+    labels = forward.label_kind()  # "sparse": accuracy is counted, as in loss_landscape
     vectors = [rng.normal(size=v.shape).astype("float32") for v in forward.variables]
     operations = {
-        "loss + accuracy (1 landscape point)": lambda: forward.evaluate(forward.weights()),
+        "loss + accuracy (1 landscape point)": lambda: forward.evaluate(forward.weights(), labels),
         "gradient": lambda: forward.gradient(),
         "HVP, forward-over-reverse": lambda: forward.hvp(vectors),
         "HVP, double backprop": lambda: reverse.hvp(vectors),

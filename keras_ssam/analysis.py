@@ -16,6 +16,16 @@ Every function evaluates the model in inference mode (BatchNorm uses its
 moving statistics) and never assigns to a variable: perturbed weights are
 passed through `keras.StatelessScope`, so interrupting a long computation
 (Ctrl-C) leaves the model exactly as it was.
+
+The objective is always the mean of the per-example loss over all of `data`,
+`L(w) = (1/N) sum_i s_i l_i(w)` (`s_i = 1` without sample weights; with
+them this is Keras' `"sum_over_batch_size"` reduction, the value
+`model.evaluate` reports), whatever form the loss has: a string such as
+`"mse"` (for which `keras.losses.get` returns the unreduced per-example
+function), a `keras.losses.Loss` (its `call`, the unreduced loss, is used;
+its own `reduction` is ignored) or a function `(y_true, y_pred)` returning
+per-example values or their batch mean. Regularization losses
+(`model.losses`) are not included.
 """
 
 import numbers
@@ -36,26 +46,76 @@ def _inner(model):
 
 
 def _loss_fn(compiled, loss, inner=None):
+    """The loss as a function `(y_true, y_pred)` -> unreduced values."""
     for source in (compiled, inner):
         if loss is None and source is not None:
             loss = getattr(source, "loss", None)
     if loss is None:
         raise ValueError("Pass `loss=` or compile the model with a loss.")
-    return keras.losses.get(loss) if isinstance(loss, str) else loss
+    if isinstance(loss, (str, dict)):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        instance = loss
+
+        def unreduced(y_true, y_pred):
+            # What `Loss.__call__` does before reducing: both in the loss's dtype.
+            y_pred = tf.nest.map_structure(
+                lambda t: keras.ops.convert_to_tensor(t, dtype=instance.dtype), y_pred
+            )
+            y_true = tf.nest.map_structure(
+                lambda t: keras.ops.convert_to_tensor(t, dtype=instance.dtype), y_true
+            )
+            return instance.call(y_true, y_pred)
+
+        return unreduced
+    if isinstance(loss, (list, tuple)) or not callable(loss):
+        raise TypeError(
+            "`loss` must be a loss name, a `keras.losses.Loss` or a function "
+            f"`(y_true, y_pred)` (one loss for a single-output model); received loss={loss!r}."
+        )
+    return loss
+
+
+def _batch_size(x):
+    return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def _split(batch):
+    """`(x, y)` or `(x, y, sample_weight)` from one batch."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise TypeError(
+            "Every batch of `data` must be `(x, y)` or `(x, y, sample_weight)`; received "
+            f"a batch of type {type(batch).__name__}"
+            + (f" with {len(batch)} elements." if isinstance(batch, (tuple, list)) else ".")
+        )
+    x, y = batch[0], batch[1]
+    weight = batch[2] if len(batch) == 3 else None
+    if weight is not None:
+        weight = tf.reshape(tf.cast(weight, "float32"), [-1])
+    return x, y, weight
 
 
 def _batches(data, batch_size=128):
-    """A list of `(x, y)` batches from arrays `(x, y)` or a dataset."""
+    """A list of `(x, y, sample_weight or None)` batches from arrays or a dataset."""
     if isinstance(data, tf.data.Dataset):
-        batches = [(b[0], b[1]) for b in data]
+        batches = [_split(b) for b in data]
     else:
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise TypeError("`data` must be `(x, y)` arrays or a tf.data.Dataset of batches.")
-        x, y = (np.asarray(a) for a in data)
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise TypeError(
+                "`data` must be `(x, y)` or `(x, y, sample_weight)` arrays or a "
+                f"tf.data.Dataset of such batches; received data of type {type(data).__name__}."
+            )
+        arrays = [np.asarray(a) for a in data]
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(
+                "The arrays of `data` must have the same number of examples; received "
+                f"lengths {[len(a) for a in arrays]}."
+            )
         batches = [
-            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+            _split(tuple(a[i : i + batch_size] for a in arrays))
+            for i in range(0, len(arrays[0]), batch_size)
         ]
-    batches = [b for b in batches if int(tf.shape(b[0])[0]) > 0]
+    batches = [b for b in batches if int(_batch_size(b[0])) > 0]
     if not batches:
         raise ValueError("`data` is empty; the analysis needs at least one example.")
     return batches
@@ -70,7 +130,11 @@ def _check_int(name, value, minimum):
 
 
 class _Objective:
-    """Mean loss over the data at weights `w` (or at `w + delta`), inference mode."""
+    """Mean loss over the data at weights `w` (or at `w + delta`), inference mode.
+
+    Every per-batch function returns sums over the batch's examples; `_total`
+    adds them up over the batches and divides by the number of examples.
+    """
 
     def __init__(self, model, data, loss=None, batch_size=128, hvp_mode="forward"):
         if hvp_mode not in HVP_MODES:
@@ -80,7 +144,7 @@ class _Objective:
         self.model, compiled = _inner(model)
         self.loss = _loss_fn(compiled, loss, self.model)
         self.batches = _batches(data, batch_size)
-        self.total = sum(int(tf.shape(b[0])[0]) for b in self.batches)
+        self.total = sum(int(_batch_size(b[0])) for b in self.batches)
         self.variables = list(self.model.trainable_variables)
         self._grad = tf.function(self._batch_grad, reduce_retracing=True)
         hvp = self._batch_hvp if hvp_mode == "forward" else self._batch_hvp_reverse
@@ -93,69 +157,122 @@ class _Objective:
         with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
             return self.model(x, training=False)
 
-    def _batch_loss(self, x, y, values=None):
-        return tf.cast(self.loss(y, self._call(x, values)), "float32")
+    def _loss_sum(self, y, pred, weight):
+        """Sum over the batch of (weighted) per-example losses."""
+        values = tf.cast(self.loss(y, pred), "float32")
+        count = tf.cast(tf.shape(pred)[0], "float32")
+        if values.shape.rank == 0:
+            # The function already averaged over the batch.
+            if weight is not None:
+                raise ValueError(
+                    "Sample weights need a loss that returns one value per example; "
+                    f"loss={self.loss!r} returned a scalar."
+                )
+            return values * count
+        if values.shape.rank > 1:
+            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+        if weight is not None:
+            values = values * weight
+        return tf.reduce_sum(values)
 
-    def _batch_grad(self, x, y, values):
+    def _batch_loss(self, x, y, weight, values=None):
+        return self._loss_sum(y, self._call(x, values), weight)
+
+    def _batch_grad(self, x, y, weight, values):
         with tf.GradientTape() as tape:
             tape.watch(values)
-            loss = self._batch_loss(x, y, values)
+            loss = self._batch_loss(x, y, weight, values)
         return loss, tape.gradient(loss, values)
 
-    def _batch_hvp(self, x, y, vectors):
+    def _batch_hvp(self, x, y, weight, vectors):
         # H v = d/dt grad L(w + t v) at t = 0: one JVP through the gradient
         # computation, instead of a second backward pass through it.
         values = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.autodiff.ForwardAccumulator(values, vectors) as accumulator:
             with tf.GradientTape() as tape:
                 tape.watch(values)
-                loss = self._batch_loss(x, y, values)
+                loss = self._batch_loss(x, y, weight, values)
             grads = tape.gradient(loss, values)
         return [accumulator.jvp(g) for g in grads]
 
-    def _batch_hvp_reverse(self, x, y, vectors):
+    def _batch_hvp_reverse(self, x, y, weight, vectors):
         values = [tf.convert_to_tensor(v) for v in self.variables]
         with tf.GradientTape() as outer:
             outer.watch(values)
             with tf.GradientTape() as inner:
                 inner.watch(values)
-                loss = self._batch_loss(x, y, values)
+                loss = self._batch_loss(x, y, weight, values)
             grads = inner.gradient(loss, values)
             dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vectors)])
         return outer.gradient(dot, values)
 
-    def _batch_eval(self, x, y, values):
+    def _batch_eval(self, x, y, weight, values, labels):
         pred = self._call(x, values)
-        loss = tf.cast(self.loss(y, pred), "float32")
-        if pred.shape[-1] is not None and pred.shape[-1] > 1:
-            labels = tf.cast(tf.reshape(y, [-1]), "int64")
-            hits = tf.cast(tf.equal(tf.argmax(pred, axis=-1), labels), "float32")
+        loss = self._loss_sum(y, pred, weight)
+        if labels is None:
+            return loss, tf.constant(0.0), tf.constant(0.0)
+        predicted = tf.argmax(pred, axis=-1)
+        if labels == "one_hot":
+            target = tf.argmax(y, axis=-1)
         else:
-            hits = tf.zeros([tf.shape(pred)[0]])
-        return loss, tf.reduce_mean(hits)
+            target = tf.reshape(tf.cast(y, "int64"), tf.shape(predicted))
+        hits = tf.cast(tf.equal(predicted, target), "float32")
+        if hits.shape.rank > 1:
+            hits = tf.reduce_mean(hits, axis=list(range(1, hits.shape.rank)))
+        weight = tf.ones_like(hits) if weight is None else weight
+        return loss, tf.reduce_sum(hits * weight), tf.reduce_sum(weight)
 
-    def _weighted(self, fn, *args):
+    def _sum(self, fn, *args):
         out = None
-        for x, y in self.batches:
-            w = float(tf.shape(x)[0]) / self.total
-            part = fn(x, y, *args)
-            part = tf.nest.map_structure(lambda t: t * w, part)
+        for x, y, weight in self.batches:
+            part = fn(x, y, weight, *args)
             out = part if out is None else tf.nest.map_structure(tf.add, out, part)
         return out
+
+    def _total(self, fn, *args):
+        return tf.nest.map_structure(lambda t: t / self.total, self._sum(fn, *args))
 
     def weights(self):
         return [tf.convert_to_tensor(v) for v in self.variables]
 
     def gradient(self, values=None):
         values = self.weights() if values is None else values
-        return self._weighted(self._grad, values)
+        return self._total(self._grad, values)
 
     def hvp(self, vectors):
-        return self._weighted(self._hvp, vectors)
+        return self._total(self._hvp, vectors)
 
-    def evaluate(self, values):
-        loss, accuracy = self._weighted(self._eval, values)
-        return float(loss), float(accuracy)
+    def label_kind(self):
+        """How `y` encodes classes: `"sparse"`, `"one_hot"`, or `None` (no accuracy).
+
+        Accuracy is counted only for a multi-class output (last axis > 1)
+        whose targets are integer class indices (any dtype, one fewer axis
+        or a last axis of 1) or one-hot rows of the output's shape.
+        """
+        x = self.batches[0][0]
+        pred_shape = tuple(self._call(tf.nest.map_structure(lambda t: t[:1], x), None).shape)
+        classes = pred_shape[-1] if pred_shape else None
+        if classes is None or classes < 2:
+            return None
+        kinds = set()
+        for _, y, _ in self.batches:
+            y = np.asarray(y)
+            shape = y.shape[1:]
+            if shape == pred_shape[1:-1] or shape == pred_shape[1:-1] + (1,):
+                integral = np.all(np.round(y) == y)
+                kinds.add("sparse" if integral and np.all((y >= 0) & (y < classes)) else None)
+            elif shape == pred_shape[1:]:
+                binary = np.all((y == 0) | (y == 1))
+                kinds.add("one_hot" if binary and np.all(np.sum(y, -1) == 1) else None)
+            else:
+                kinds.add(None)
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def evaluate(self, values, labels=None):
+        """`(loss, accuracy)` at `values`; accuracy is `None` without `labels`."""
+        loss, hits, weight = self._sum(self._eval, values, labels)
+        accuracy = float(hits) / float(weight) if labels is not None and weight else None
+        return float(loss) / self.total, accuracy
 
 
 def _dot(a, b):
@@ -172,9 +289,13 @@ def hessian_vector_product(model, data, vectors, loss=None, batch_size=128, hvp_
 
     Args:
         model: A `keras.Model` or `SSAMModel` (its inner model is analysed).
-        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        data: `(x, y)` or `(x, y, sample_weight)` arrays, or a
+            `tf.data.Dataset` of such batches.
         vectors: List of tensors shaped like the trainable variables.
-        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        loss: Loss to use instead of the compiled one: a name, a
+            `keras.losses.Loss` or a function `(y_true, y_pred)`; always
+            averaged over the examples (see the module docstring).
+            Defaults to `None`.
         batch_size: Integer batch size for arrays. Defaults to `128`.
         hvp_mode: `"forward"` (forward-over-reverse: a JVP of the gradient)
             or `"reverse"` (double backpropagation). Same result to float
@@ -211,7 +332,8 @@ def hessian_eigenvalues(
 
     Args:
         model: A `keras.Model` or `SSAMModel`.
-        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        data: `(x, y)` or `(x, y, sample_weight)` arrays, or a
+            `tf.data.Dataset` of such batches.
         top_k: Integer >= 1. Number of eigenvalues. Defaults to `5`.
         max_iter: Integer >= 1. Power iterations per eigenvalue. Defaults
             to `100`.
@@ -220,15 +342,21 @@ def hessian_eigenvalues(
             Defaults to `1e-4`.
         trace_samples: Integer >= 0. Rademacher probes for Hutchinson's
             trace estimate; 0 skips it. Defaults to `0`.
-        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        loss: Loss to use instead of the compiled one: a name, a
+            `keras.losses.Loss` or a function `(y_true, y_pred)`; always
+            averaged over the examples (see the module docstring).
+            Defaults to `None`.
         batch_size: Integer. Defaults to `128`.
         seed: Integer. Defaults to `0`.
         verbose: Integer. 1 shows a progress bar. Defaults to `1`.
         method: `"power"` (power iteration with deflation, at most `max_iter`
             HVPs per eigenvalue) or `"lanczos"` (`max_iter` Lanczos steps in
             at most, with full re-orthogonalization; the Ritz values
-            approximate the extreme eigenvalues with far fewer HVPs). Defaults to
-            `"power"`.
+            approximate the extreme eigenvalues with far fewer HVPs; a single
+            Krylov space sees each distinct eigenvalue once, so a repeated
+            eigenvalue is reported once and the iteration stops early at an
+            invariant subspace; use `"power"` to resolve multiplicities).
+            Defaults to `"power"`.
         hvp_mode: How each Hessian-vector product is computed, `"forward"`
             or `"reverse"` (see `hessian_vector_product`). Defaults to
             `"forward"`.
@@ -309,9 +437,10 @@ def _lanczos(objective, shapes, top_k, steps, tol, rng, verbose):
         basis.append(v)
         w = objective.hvp(v)
         alphas.append(_dot(w, v))
-        for u in basis:  # full re-orthogonalization keeps the Ritz values clean
-            c = _dot(w, u)
-            w = [a - c * b for a, b in zip(w, u)]
+        for _ in range(2):  # full re-orthogonalization, twice: float32 needs both passes
+            for u in basis:
+                c = _dot(w, u)
+                w = [a - c * b for a, b in zip(w, u)]
         bar.add(1)
         current = _top_ritz(alphas, betas, top_k)
         converged = (
@@ -321,7 +450,10 @@ def _lanczos(objective, shapes, top_k, steps, tol, rng, verbose):
         )
         previous = current
         beta = np.sqrt(_dot(w, w))
-        if converged or i == steps - 1 or beta < 1e-10:
+        # An invariant subspace (to float32 precision): continuing would
+        # normalize rounding noise into a basis vector.
+        invariant = beta <= 1e-5 * max(abs(t) for t in alphas + betas + [1e-30])
+        if converged or i == steps - 1 or invariant:
             break
         betas.append(beta)
         v = [t / beta for t in w]
@@ -379,23 +511,35 @@ def loss_landscape(
     `resolution` points over `span`, along random directions that are
     filter-normalized (Li et al. 2018) unless `filter_normalized=False`.
 
+    Any loss works (regression included). Accuracy (`argmax` of the output
+    against the label, weighted by the sample weights if given) is reported
+    only where it means something: a multi-class output (last axis > 1)
+    with integer class labels (`y` with one axis fewer than the output, or a
+    last axis of 1) or one-hot labels (`y` shaped like the output, rows of
+    0/1 summing to 1). Otherwise `accuracy` is `None`.
+
     Args:
         model: A `keras.Model` or `SSAMModel`.
-        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        data: `(x, y)` or `(x, y, sample_weight)` arrays, or a
+            `tf.data.Dataset` of such batches.
         resolution: Integer >= 2. Points per axis. Defaults to `21`.
         span: Pair of floats. Range of each coordinate. Defaults to `(-1, 1)`.
         dims: 1 or 2. Defaults to `1`.
         filter_normalized: Boolean. Defaults to `True`.
         ignore_bias_bn: Boolean. Zero direction on 1-D variables. Defaults to
             `True`.
-        loss: Loss to use instead of the compiled one. Defaults to `None`.
+        loss: Loss to use instead of the compiled one: a name, a
+            `keras.losses.Loss` or a function `(y_true, y_pred)`; always
+            averaged over the examples (see the module docstring).
+            Defaults to `None`.
         batch_size: Integer. Defaults to `128`.
         seed: Integer. Defaults to `0`.
         verbose: Integer. 1 shows a progress bar. Defaults to `1`.
 
     Returns:
         A dict with `coords` (the grid axis), `loss` and `accuracy` arrays of
-        shape `(resolution,)` or `(resolution, resolution)`, and `directions`.
+        shape `(resolution,)` or `(resolution, resolution)` (`accuracy` is
+        `None` where it is not defined, see above), and `directions`.
     """
     _check_int("resolution", resolution, 2)
     if dims not in (1, 2):
@@ -403,6 +547,7 @@ def loss_landscape(
     if len(span) != 2 or not span[0] < span[1]:
         raise ValueError(f"`span` must be (low, high) with low < high; received span={span!r}.")
     objective = _Objective(model, data, loss, batch_size)
+    labels = objective.label_kind()
     rng = np.random.default_rng(seed)
     weights = objective.weights()
     directions = []
@@ -420,7 +565,7 @@ def loss_landscape(
         values = [
             w + sum(c * d[i] for c, d in zip(point, directions)) for i, w in enumerate(weights)
         ]
-        loss_value, accuracy = objective.evaluate(values)
+        loss_value, accuracy = objective.evaluate(values, labels)
         losses.append(loss_value)
         accs.append(accuracy)
         bar.add(1)
@@ -428,7 +573,7 @@ def loss_landscape(
     return {
         "coords": coords,
         "loss": np.reshape(losses, shape),
-        "accuracy": np.reshape(accs, shape),
+        "accuracy": None if labels is None else np.reshape(accs, shape),
         "directions": directions,
     }
 
@@ -444,6 +589,18 @@ def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=5
         A dict with `ratio` (flat array over all trainable entries), summary
         statistics (`mean`, `median`, `p90`, `p99`, `fraction_above_1`) and a
         histogram of `log10(r)` (`hist`, `bin_edges`).
+
+    Args:
+        model: A `keras.Model` or `SSAMModel`.
+        data: `(x, y)` or `(x, y, sample_weight)` arrays, or a
+            `tf.data.Dataset` of such batches.
+        rho: Float >= 0. Radius of the SAM step. Defaults to `0.05`.
+        loss: Loss to use instead of the compiled one (always averaged over
+            the examples, see the module docstring). Defaults to `None`.
+        batch_size: Integer batch size for arrays. Defaults to `128`.
+        bins: Integer. Histogram bins. Defaults to `50`.
+        epsilon: Float added to the norms in both divisions. Defaults to
+            `1e-12`.
     """
     from keras_ssam.ssam_model import check_rho
 
