@@ -219,6 +219,7 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
     ratio = analysis.gradient_difference(loaded, train_ds, rho=0.07)["ratio"]
     assert ratio.size == sum(int(np.prod(v.shape)) for v in net.model.trainable_variables)
     summary = saved_report["gradient_difference"]
+    assert summary["median"] == report["gradient_difference"]["median"]  # JSON == return value
     assert summary["median"] == pytest.approx(np.median(ratio), rel=1e-3)
     assert summary["p90"] == pytest.approx(np.percentile(ratio, 90), rel=1e-3)
     assert summary["fraction_above_1"] == pytest.approx(np.mean(ratio > 1), abs=1e-3)
