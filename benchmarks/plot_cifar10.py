@@ -15,13 +15,15 @@ import numpy as np
 COLORS = {"sgd": "tab:gray", "sam": "tab:blue", "ssam-f": "tab:green", "ssam-d": "tab:red"}
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    # A Figure with its own Agg canvas: the caller's matplotlib backend and
+    # pyplot state stay as they were (cifar10.py imports this module).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _groups(runs):
@@ -91,32 +93,33 @@ def curves(runs, ax, key, scale=100.0):
 
 
 def plot_all(runs, folder):
-    plt = _pyplot()
     os.makedirs(folder, exist_ok=True)
     written = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     accuracy_vs_sparsity(runs, ax)
     ax.set_title("CIFAR-10 proxy: accuracy vs sparsity (mean ± std over seeds)")
-    written.append(_save(plt, fig, os.path.join(folder, "cifar10_accuracy_vs_sparsity.png")))
+    written.append(_save(fig, os.path.join(folder, "cifar10_accuracy_vs_sparsity.png")))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig = _figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2)
     curves(runs, axes[0], "train_accuracy")
     axes[0].set_ylabel("train accuracy (%, epoch mean)")
     curves(runs, axes[1], "test_accuracy")
     axes[1].set_ylabel("test accuracy (%, curve subset)")
-    written.append(_save(plt, fig, os.path.join(folder, "cifar10_training_curves.png")))
+    written.append(_save(fig, os.path.join(folder, "cifar10_training_curves.png")))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     curves(runs, ax, "sharpness", scale=1.0)
     ax.set_ylabel("sharpness L(w+e) - L(w), epoch mean")
-    written.append(_save(plt, fig, os.path.join(folder, "cifar10_sharpness.png")))
+    written.append(_save(fig, os.path.join(folder, "cifar10_sharpness.png")))
     return written
 
 
-def _save(plt, fig, path):
+def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -467,3 +467,51 @@ def test_landscape_accuracy_with_one_hot_and_float_labels_and_weights():
     # Soft targets are not labels: no accuracy.
     soft = np.full((EXAMPLES, D_OUT), 1.0 / D_OUT, "float32")
     assert analysis.loss_landscape(model, (x, soft), loss=cce, **span)["accuracy"] is None
+
+
+PLOTS_LEAVE_MATPLOTLIB_ALONE = """
+import sys
+
+import matplotlib
+import numpy as np
+
+from keras_ssam import plots
+
+import matplotlib.pyplot as plt  # already imported by TensorFlow: its state must not change
+
+mine = plt.figure(num=7)
+out = sys.argv[1]
+line = {"coords": np.linspace(-1, 1, 5), "loss": np.arange(5.0), "accuracy": None}
+plane = {"coords": np.linspace(-1, 1, 3), "loss": np.arange(9.0).reshape(3, 3)}
+written = [
+    plots.plot_landscape(line, out + "/line.png"),
+    plots.plot_landscape(dict(line, accuracy=np.full(5, 0.5)), out + "/line_acc.png"),
+    plots.plot_landscape(dict(plane, accuracy=None), out + "/plane.png"),
+    plots.plot_eigenvalues({"eigenvalues": [3.0, 2.0], "ratio": 1.5}, out + "/eig.png"),
+    plots.plot_gradient_difference(
+        {"bin_edges": np.linspace(-3, 1, 5), "hist": np.array([1, 2, 3, 4]), "median": 0.1},
+        out + "/diff.png",
+    ),
+]
+print(matplotlib.get_backend(), plt.get_fignums() == [7] and plt.gcf() is mine, len(written))
+"""
+
+
+def test_plots_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", PLOTS_LEAVE_MATPLOTLIB_ALONE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, MPLBACKEND="svg", TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # The backend the caller chose is still set, pyplot's figures are the caller's.
+    assert out.stdout.split()[-3:] == ["svg", "True", "5"]
+    for name in ("line", "line_acc", "plane", "eig", "diff"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
