@@ -90,6 +90,7 @@ def describe(name, data_dir=None):
         return "digits"
     if name.startswith("folder:"):
         root = name[len("folder:") :]
+        _check_folder(root)
         paths, _, _ = _list_split(root, "train")
         shape = _decode(paths[0]).shape
         return "small" if max(shape[:2]) <= SMALL_IMAGE_LIMIT else "large"

@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from keras_ssam import cli, data, models
+from keras_ssam import cli, data
 
 SHARED = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-images.tar.gz"
@@ -21,50 +21,131 @@ def run(tmp_path, *argv):
 
 
 @pytest.mark.parametrize("optimizer", cli.OPTIMIZERS)
-def test_digits_each_optimizer_beats_chance(tmp_path, optimizer):
+def test_digits_each_optimizer_trains_with_its_own_perturbation(tmp_path, optimizer):
     results, out = run(tmp_path, "--optimizer", optimizer, "--epochs", "3")
     saved = json.loads((out / "results.json").read_text())
     assert saved["test_accuracy"] == results["test_accuracy"] > 0.7  # chance: 0.1
     assert saved["dataset"]["num_test"] == 360
+    assert saved["dataset"]["steps_per_epoch"] == 1437 // 64
     assert len(saved["history"]["loss"]) == 3
     assert (out / "history.csv").read_text().count("\n") == 4
     lines = (out / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
     assert all(json.loads(line)["epoch_seconds"] > 0 for line in lines)
     assert os.listdir(out / "tensorboard")
+    # What sets the optimizers apart, read back from the trained model: the
+    # SGD baseline is SSAMModel with rho = 0 (coupled decay), so L(w + e) = L(w)
+    # exactly; SAM and SSAM perturb (sharpness > 0) with their mask density.
+    import keras
+
+    model = keras.models.load_model(out / "model.keras")
+    assert model.coupled_weight_decay == 5e-4
+    sharpness = saved["history"]["sharpness"]
     if optimizer == "sgd":
-        assert "mask_density" not in saved
+        assert float(model.rho) == 0.0 and "mask_density" not in saved
+        assert all(s == 0.0 for s in sharpness)
     else:
+        assert float(model.rho) == 0.05
         want = 1.0 if optimizer == "sam" else 0.5
         assert saved["mask_density"] == pytest.approx(want, abs=1e-4)
-        assert all(s > 0 for s in saved["history"]["sharpness"])
+        assert all(s > 0 for s in sharpness)
 
 
-def test_presets_follow_the_paper():
-    args = cli.resolve(
-        cli.build_parser().parse_args(["train", "--dataset", "cifar100", "--optimizer", "ssam-d"])
+def built(argv, num_train=50_000, input_shape=(32, 32, 3), num_classes=10, large=False):
+    """Resolves `train ARGV` and builds its model for a dataset of that size."""
+    from keras_ssam import data as data_lib
+
+    args = cli.resolve(cli.build_parser().parse_args(["train", *argv]))
+    info = data_lib.DatasetInfo(
+        "x", num_classes, input_shape, num_train, 0, (0.0,) * 3, (1.0,) * 3, large=large
     )
-    assert (
-        args.model,
-        args.epochs,
-        args.batch_size,
-        args.lr,
-        args.rho,
-        args.weight_decay,
-        args.cutout,
-    ) == ("resnet18", 200, 128, 0.05, 0.2, 1e-3, True)
-    args = cli.resolve(
-        cli.build_parser().parse_args(["train", "--dataset", "cifar10", "--optimizer", "sgd"])
+    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    return args, cli.build(args, info)
+
+
+def schedule(model):
+    lr = model.optimizer.get_config()["learning_rate"]
+    assert lr["class_name"] == "CosineDecay"
+    return lr["config"]["initial_learning_rate"], lr["config"]["decay_steps"]
+
+
+@pytest.mark.parametrize(
+    "argv,rho,wd,lr,steps,samples",
+    [
+        # CIFAR-10, ResNet-18, SSAM-F: 200 epochs x 390 drop_last steps.
+        (["--dataset", "cifar10", "--optimizer", "ssam-f"], 0.1, 1e-3, 0.05, 200 * 390, 16),
+        (["--dataset", "cifar100", "--optimizer", "sam"], 0.2, 1e-3, 0.05, 200 * 390, 16),
+        (["--dataset", "cifar10", "--model", "vgg11_bn", "--optimizer", "ssam-d"],
+         0.1, 1e-3, 0.05, 200 * 390, 16),
+        (["--dataset", "cifar10", "--optimizer", "sgd"], 0.0, 5e-4, 0.05, 200 * 390, 16),
+    ],
+)  # fmt: skip
+def test_cifar_presets_as_built(argv, rho, wd, lr, steps, samples):
+    args, model = built(argv)
+    assert float(model.rho) == rho
+    assert model.coupled_weight_decay == wd
+    assert model.optimizer.weight_decay is None  # coupled: nothing decoupled on top
+    assert float(model.optimizer.momentum) == 0.9
+    assert schedule(model) == (lr, steps)
+    if args.optimizer == "ssam-f":
+        import tensorflow as tf
+
+        stream = tf.data.Dataset.from_tensor_slices(
+            (np.zeros((4, 32, 32, 3), "float32"), np.zeros(4, "int64"))
+        ).batch(2)
+        assert cli._mask_callback(args, stream).num_samples == samples
+    assert args.num_samples == samples and args.cutout is True and args.batch_size == 128
+
+
+def test_decoupled_weight_decay_mode_uses_the_optimizer():
+    _, model = built(["--dataset", "cifar10", "--model", "small_cnn", "--optimizer", "ssam-f",
+                      "--weight-decay-mode", "decoupled"])  # fmt: skip
+    assert model.coupled_weight_decay == 0.0 and model.optimizer.weight_decay == 1e-3
+    _, sgd = built(["--dataset", "cifar10", "--model", "small_cnn", "--optimizer", "sgd",
+                    "--weight-decay-mode", "decoupled"])  # fmt: skip
+    import keras_ssam
+
+    assert not isinstance(sgd, keras_ssam.SSAMModel) and sgd.optimizer.weight_decay == 5e-4
+
+
+def test_imagenet_preset_as_built():
+    args, model = built(
+        ["--dataset", "imagenet2012", "--model", "small_cnn", "--optimizer", "ssam-f"],
+        num_train=1_281_167,
+        input_shape=(224, 224, 3),
+        num_classes=1000,
+        large=True,
     )
-    assert (args.rho, args.weight_decay) == (0.1, 5e-4)
+    assert (args.batch_size, args.epochs, args.num_samples) == (256, 90, 16 * 8)
+    assert float(model.rho) == 0.07 and model.coupled_weight_decay == 1e-4
+    assert schedule(model) == (0.1, 90 * (1_281_167 // 256))
     args = cli.resolve(cli.build_parser().parse_args(["train", "--dataset", "imagenet2012"]))
-    assert (args.model, args.batch_size, args.lr, args.weight_decay, args.rho) == (
-        "resnet50",
-        256,
-        0.1,
-        1e-4,
-        0.07,
-    )
+    assert args.model == "resnet50"
+
+
+def test_folder_of_imagenet_size_images_gets_the_imagenet_preset(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("a", "b"):
+            os.makedirs(tmp_path / "imgs" / split / cls)
+            for i in range(n):
+                image = rng.integers(0, 255, size=(90, 120, 3)).astype("uint8")
+                tf.io.write_file(str(tmp_path / "imgs" / split / cls / f"{i}.png"),
+                                 tf.io.encode_png(image))  # fmt: skip
+    results, out = run(tmp_path, "--dataset", f"folder:{tmp_path / 'imgs'}", "--model",
+                       "small_cnn", "--epochs", "1", "--batch-size", "4")  # fmt: skip
+    args = results["args"]
+    assert args["preset"] == "imagenet"
+    assert (args["lr"], args["rho"], args["num_samples"], args["cutout"]) == (0.1, 0.07, 128, False)
+    assert results["dataset"]["steps_per_epoch"] == 12 // 4
+    import keras
+
+    model = keras.models.load_model(out / "model.keras")
+    assert model.model.input_shape == (None, 224, 224, 3)
+    assert float(model.rho) == 0.07 and model.coupled_weight_decay == 1e-4
+    assert schedule(model) == (0.1, 1 * 12 // 4)
 
 
 @pytest.fixture(scope="module")
@@ -126,27 +207,16 @@ def test_tfds_path_with_mock_data(tmp_path):
             "ssam-f",
             "--num-samples",
             "8",
+            "--batch-size",
+            "16",
         )
     assert results["dataset"] == {
         "name": "cifar10",
         "num_train": 48,
         "num_test": 48,
         "num_classes": 10,
+        "steps_per_epoch": 3,
     }
-
-
-def test_augmentation_is_seeded_and_shape_preserving():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 255, size=(16, 32, 32, 3)).astype("uint8")
-    y = rng.integers(0, 10, size=16)
-    info = data.DatasetInfo("t", 10, (32, 32, 3), 16, 0, (1.0, 2.0, 3.0), (1, 1, 1))
-    first = [b[0].numpy() for b in data._small_pipeline(x, y, info, 16, 3, True, True, True)]
-    again = [b[0].numpy() for b in data._small_pipeline(x, y, info, 16, 3, True, True, True)]
-    np.testing.assert_array_equal(first[0], again[0])
-    assert first[0].shape == (16, 32, 32, 3)
-    # Cutout fills a square (up to 16x16) with the mean pixel.
-    filled = np.all(first[0] == np.array([1.0, 2.0, 3.0]), axis=-1).sum(axis=(1, 2))
-    assert np.all(filled >= 8 * 8) and np.all(filled <= 16 * 16)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +228,9 @@ def test_augmentation_is_seeded_and_shape_preserving():
         (["--dataset", "folder:/nonexistent/place"], "no such folder"),
         (["--distribute", "tpu"], "received 'tpu'"),
         (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--weight-decay-mode", "l2"], "received 'l2'"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
     ],
 )
 def test_bad_arguments_fail_clearly(tmp_path, argv, message):
@@ -170,22 +243,6 @@ def test_folder_without_images_fails_clearly(tmp_path):
         os.makedirs(tmp_path / "imgs" / split)
     with pytest.raises(SystemExit, match="no images"):
         run(tmp_path, "--dataset", f"folder:{tmp_path / 'imgs'}")
-
-
-@pytest.mark.parametrize(
-    "name,classes,shape,params",
-    [
-        ("resnet18", 10, (32, 32, 3), 11.17e6),
-        ("wrn28_10", 10, (32, 32, 3), 36.48e6),
-        ("vgg11_bn", 10, (32, 32, 3), 9.23e6),
-        ("resnet50", 1000, (224, 224, 3), 25.58e6),
-    ],
-)
-def test_model_sizes_match_the_paper(name, classes, shape, params):
-    model = models.build_model(name, classes, shape)
-    count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    assert abs(count - params) / params < 0.005
-    assert model.output_shape == (None, classes)
 
 
 @pytest.mark.slow
@@ -231,12 +288,13 @@ def test_checkpoint_dir_resume_is_bitwise(tmp_path, optimizer):
 
 def test_training_stream_is_a_full_pass_keyed_by_epoch():
     train, _, info = data.load("digits", batch_size=64)
-    assert int(train.cardinality()) == -(-info.num_train // 64)
+    assert int(train.cardinality()) == info.num_train // 64
     labels = {}
+    info.follow.assign(1)
     for epoch in (0, 1, 0):
         info.epoch.assign(epoch)
         batches = [b[1].numpy() for b in train]
-        assert sum(len(b) for b in batches) == info.num_train
+        assert sum(len(b) for b in batches) == info.num_train // 64 * 64
         order = np.concatenate(batches)
         if epoch in labels:
             np.testing.assert_array_equal(labels[epoch], order)  # same epoch, same order
