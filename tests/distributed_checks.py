@@ -40,9 +40,11 @@ def mlp():
     )
 
 
-def train(strategy, perturbation="global", callbacks=(), epochs=2, x=X, momentum=0.9, masks=None):
+def train(
+    strategy, perturbation="global", callbacks=(), epochs=2, x=X, momentum=0.9, masks=None, **kw
+):
     with strategy.scope():
-        model = keras_ssam.SSAMModel(mlp(), rho=0.3, perturbation=perturbation)
+        model = keras_ssam.SSAMModel(mlp(), rho=0.3, perturbation=perturbation, **kw)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=momentum), loss=LOSS)
     if masks is not None:
         model.set_masks(masks)
@@ -127,7 +129,20 @@ def main():
             else keras_ssam.FisherMask(X, Y, **callback.get_config())
         )
         ref = train(ONE, callbacks=[twin], epochs=3)
+        facts[f"{name}_updates_one_device"] = twin.updates
         facts[f"{name}_vs_one_device"] = max_diff(ref.get_weights(), model.get_weights())
+
+    # SSAM-D with per-replica perturbations: the drop/grow scores are
+    # all-reduced, so both replicas keep one mask.
+    dynamic = keras_ssam.DynamicMask(0.5, update_unit="step", update_interval=1)
+    model = train(MIRRORED, perturbation="local", callbacks=[dynamic], epochs=3)
+    facts["dynamic_local_replicas_identical"] = replicas_identical(model)
+    facts["dynamic_local_changed"] = sum(h["mask_changed"] for h in dynamic.history)
+
+    # Coupled decay: each replica adds its share, so the sum is wd * w once.
+    decayed = [train(s, coupled_weight_decay=0.05).model.get_weights() for s in (ONE, MIRRORED)]
+    facts["coupled_decay_vs_one_device"] = max_diff(*decayed)
+    facts["coupled_decay_effect"] = max_diff(decayed[0], one.model.get_weights())
 
     bad = X.copy()
     bad[BATCH - 1, 0] = np.nan  # only replica 1 of the first step sees it

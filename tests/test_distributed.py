@@ -33,7 +33,7 @@ def test_global_perturbation_matches_one_device(facts):
 
 
 def test_replicas_stay_bitwise_identical(facts):
-    for key in ("global", "local", "fisher", "dynamic", "nonfinite"):
+    for key in ("global", "local", "fisher", "dynamic", "dynamic_local", "nonfinite"):
         assert facts[f"{key}_replicas_identical"], key
 
 
@@ -47,10 +47,22 @@ def test_local_perturbation_is_per_replica(facts):
 
 @pytest.mark.parametrize("name,updates", [("fisher", 3), ("dynamic", 6)])
 def test_masks_identical_and_equal_to_one_device(facts, name, updates):
-    assert facts[f"{name}_updates"] == updates
+    # 3 epochs x 2 steps; the update count itself is pinned in test_masks.py.
+    assert facts[f"{name}_updates"] == facts[f"{name}_updates_one_device"] >= updates
     assert facts[f"{name}_density"] == 0.5
     assert facts[f"{name}_vs_one_device"] <= 1e-5
 
 
 def test_non_finite_on_one_replica_skips_the_step_everywhere(facts):
     assert facts["nonfinite_unchanged"] == 0.0
+
+
+def test_dynamic_mask_with_local_perturbation_stays_identical_on_replicas(facts):
+    # Before the scores were all-reduced, 24 entries differed after 4 steps.
+    assert facts["dynamic_local_replicas_identical"]
+    assert facts["dynamic_local_changed"] > 0
+
+
+def test_coupled_weight_decay_on_two_replicas_matches_one_device(facts):
+    assert facts["coupled_decay_vs_one_device"] <= 1e-5
+    assert facts["coupled_decay_effect"] > 1e-3
