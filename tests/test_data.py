@@ -1,5 +1,7 @@
 """The CLI's input pipelines against NumPy references of the official recipe."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,24 @@ def test_augmented_stream_is_bitwise_repeatable_per_epoch():
     info2.follow.assign(1)
     info2.epoch.assign(1)
     np.testing.assert_array_equal(second, np.concatenate([b[0].numpy() for b in again]))
+
+
+def test_imagenet_size_folder_stream_advances_each_epoch(tmp_path):
+    # The stream of examples/imagenet_resnet50.py: each pass a new order and crops.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            os.makedirs(tmp_path / split / cls)
+            for i in range(4):
+                image = rng.integers(0, 255, size=(90, 120, 3)).astype("uint8")
+                tf.io.write_file(str(tmp_path / split / cls / f"{i}.png"), tf.io.encode_png(image))
+    train, _, info = data.load(f"folder:{tmp_path}", batch_size=4)
+    assert info.large and info.steps_per_epoch == 2
+    first = np.concatenate([b[0].numpy() for b in train])
+    second = np.concatenate([b[0].numpy() for b in train])
+    assert first.shape == (8, 224, 224, 3) and not np.array_equal(first, second)
+    info.follow.assign(1)
+    info.epoch.assign(1)
+    np.testing.assert_array_equal(second, np.concatenate([b[0].numpy() for b in train]))
