@@ -1,5 +1,7 @@
 """One worker of a 2-worker MultiWorkerMirroredStrategy SSAM-F run (see test).
 
+Without TF_CONFIG it runs the same training in a single process (no strategy).
+
     multiworker_worker.py OUT [EPOCHS [BACKUP_DIR [KILL_AT_EPOCH]]]
 
 With BACKUP_DIR, training runs under `keras.callbacks.BackupAndRestore` with
@@ -15,7 +17,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
-strategy = tf.distribute.MultiWorkerMirroredStrategy()
+# Without TF_CONFIG: the same run in one process, the reference for the test.
+single = "TF_CONFIG" not in os.environ
+strategy = tf.distribute.get_strategy() if single else tf.distribute.MultiWorkerMirroredStrategy()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,7 +30,7 @@ out = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 backup = sys.argv[3] if len(sys.argv) > 3 else None
 kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+task = 0 if single else json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 rng = np.random.default_rng(0)
 x = rng.normal(size=(64, 5)).astype("float32")
 y = rng.integers(0, 3, 64).astype("int64")

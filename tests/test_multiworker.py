@@ -72,6 +72,24 @@ def test_two_workers_train_ssam_f_to_identical_weights_and_masks(tmp_path):
         np.testing.assert_array_equal(a, b)
     masks = [v for v in first if v.shape and set(np.unique(v)) <= {0, 1}]
     assert masks  # the masks are among the compared variables
+    # Both workers together train exactly what one process trains alone.
+    single = tmp_path / "single"
+    single.mkdir()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, os.path.join(HERE, "multiworker_worker.py"), str(single)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "DONE 0 3" in done.stdout, done.stderr[-3000:]
+    alone = worker_state(single, 0)
+    assert len(alone) == len(first)
+    start = [np.asarray(v) for v in alone]
+    for a, b in zip(first, start):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
