@@ -1,5 +1,8 @@
 """`LinkedRhoScheduler`: rho follows the learning rate (GSAM, Zhuang et al. 2022)."""
 
+import math
+import numbers
+
 import keras
 
 from keras_ssam.ssam_model import check_rho
@@ -17,8 +20,13 @@ class LinkedRhoScheduler(keras.callbacks.Callback):
     Args:
         rho_max: Float. rho at `lr_max`.
         rho_min: Float. rho at `lr_min`. Defaults to `0.0`.
-        lr_max: Float. Defaults to the learning rate at the first step.
+        lr_max: Float. Defaults to the learning rate at the first step
+            (measured once, at the first `fit`; from then on `lr_max` and
+            `get_config()` hold the measured value).
         lr_min: Float. Defaults to `0.0`.
+
+    `get_config()` returns every argument; `from_config` rebuilds the
+    callback.
 
     Example:
 
@@ -41,7 +49,20 @@ class LinkedRhoScheduler(keras.callbacks.Callback):
                 f"`rho_min` must be <= `rho_max`; received rho_min={rho_min!r}, "
                 f"rho_max={rho_max!r}."
             )
-        self.lr_max = lr_max
+        for name, value in (("lr_max", lr_max), ("lr_min", lr_min)):
+            if value is None and name == "lr_max":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"`{name}` must be a float; received {name}={value!r}.")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"`{name}` must be a finite number >= 0; received {name}={value!r}."
+                )
+        if lr_max is not None and lr_max < lr_min:
+            raise ValueError(
+                f"`lr_min` must be <= `lr_max`; received lr_min={lr_min!r}, lr_max={lr_max!r}."
+            )
+        self.lr_max = None if lr_max is None else float(lr_max)
         self.lr_min = float(lr_min)
 
     def current_lr(self):
@@ -71,3 +92,7 @@ class LinkedRhoScheduler(keras.callbacks.Callback):
             "lr_max": self.lr_max,
             "lr_min": self.lr_min,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
