@@ -382,6 +382,56 @@ def test_step_updates_with_steps_per_execution(cls):
         assert all(h["mask_changed"] > 0 for h in callback.history)
 
 
+def test_sparse_step_under_steps_per_execution_and_class_weight():
+    """A 30 % mask with rho > 0: steps_per_execution=4 and class_weight change nothing.
+
+    The reference is the plain one-step-per-execution run with the class
+    weights given as per-example sample weights (the step itself is pinned
+    against a NumPy reference in test_step.py).
+    """
+    x, y = data(n=60)
+    class_weight = {0: 2.0, 1: 0.5, 2: 1.0}
+
+    def run(per_execution, **fit_kwargs):
+        model = SSAMModel(conv_bn_model(), rho=0.5)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+            loss=LOSS,
+            steps_per_execution=per_execution,
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=10,
+            epochs=2,
+            verbose=0,
+            shuffle=False,
+            callbacks=[RandomMask(0.7, seed=2)],
+            **fit_kwargs,
+        )
+        return flat_masks(model), model.model.get_weights()
+
+    ref_mask, ref = run(1, sample_weight=np.array([class_weight[c] for c in y]))
+    assert ref_mask.sum() == 30  # round(0.3 * 99) = round(29.7)
+    for got_mask, got in (run(4, class_weight=class_weight), run(1, class_weight=class_weight)):
+        np.testing.assert_array_equal(got_mask, ref_mask)
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The mask matters: a dense (SAM) run ends elsewhere.
+    model = SSAMModel(conv_bn_model(), rho=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=LOSS)
+    model.fit(
+        x,
+        y,
+        batch_size=10,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        sample_weight=np.array([class_weight[c] for c in y]),
+    )
+    assert max(np.abs(a - b).max() for a, b in zip(model.model.get_weights(), ref)) > 1e-4
+
+
 class Interrupt(keras.callbacks.Callback):
     def __init__(self, epoch):
         super().__init__()
@@ -395,9 +445,13 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("interrupted")
 
 
+# Interrupted at epoch 1, resumed there. Steps: boundaries 0, 4 | 6, 10 |
+# 12, 16 | 18, 22; update_interval=5 puts the due step 5 inside the last
+# execution of epoch 0, so the resumed run must fire it at step 6 as the
+# uninterrupted run does; then 10, 16 (15), 22 (20).
 @pytest.mark.parametrize(
     "unit, interval, per_execution, resumed_updates",
-    [("epoch", 1, 1, [2, 3]), ("step", 3, 4, [12, 16, 18, 22])],
+    [("epoch", 1, 1, [1, 2, 3]), ("step", 5, 4, [6, 10, 16, 22])],
 )
 def test_random_mask_resume_redraws_identically(
     tmp_path, unit, interval, per_execution, resumed_updates
@@ -416,9 +470,9 @@ def test_random_mask_resume_redraws_identically(
 
     full, full_cb = fit()
     with pytest.raises(RuntimeError, match="interrupted"):
-        fit([Interrupt(2)], tmp_path / "backup")
+        fit([Interrupt(1)], tmp_path / "backup")
     resumed, resumed_cb = fit(backup=tmp_path / "backup")
-    # The resumed run keeps the restored mask and redraws at epoch (step) 2 on.
+    # The resumed run keeps the restored mask and redraws from epoch 1 on.
     assert [h["index"] for h in resumed_cb.history] == resumed_updates
     assert [h["index"] for h in full_cb.history][-len(resumed_updates) :] == resumed_updates
     np.testing.assert_array_equal(flat_masks(resumed), flat_masks(full))
