@@ -26,13 +26,14 @@ class DynamicMask(MaskCallback):
     (Eq. 9), `T` being the number of epochs (or steps) of training.
 
     The order is the official code's: updates are due at every
-    `update_interval`-th epoch (or step) *including* epoch 0 (with
-    `d(0) = drop_rate`). The update runs inside that epoch's first training
+    `update_interval`-th epoch (or step) *including* epoch (step) 0, with
+    `d(0) = drop_rate`. The update runs inside that epoch's first training
     step, on the step's own first-pass gradient `g` (no extra pass): the step
     forms `e` with the current mask, then drops and grows, and the new mask
     applies from the next step. Before the very first step the seeded random
     initial mask is set, so step 1 perturbs with it. Random draws are keyed by
-    `(seed, index)` of the update and are identical on every replica.
+    `(seed, index)` of the update and are identical on every replica (for a
+    given device type and compile mode: XLA draws other numbers).
 
     Args:
         sparsity: Float in `[0, 1)`. Defaults to `0.5`.
@@ -41,8 +42,8 @@ class DynamicMask(MaskCallback):
             `|w|`) or `"random"`. Defaults to `"gradient"`.
         growth_strategy: `"random"`, `"gradient"` (largest `|g|`) or
             `"weight"` (largest `|w|`). Defaults to `"random"`.
-        update_interval: Integer epochs (or steps) between updates.
-            Defaults to `1`.
+        update_interval: Integer epochs (or steps) between updates, or
+            `None` to keep the initial random mask. Defaults to `1`.
         update_unit: `"epoch"` or `"step"`. Defaults to `"epoch"`.
         total_steps: Integer `T` when `update_unit="step"` and `fit()` does
             not know the epoch length. Defaults to `None`.
