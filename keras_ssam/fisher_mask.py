@@ -28,8 +28,9 @@ class FisherMask(MaskCallback):
     gradients rather than saturated logits. All state updates of the pass
     (BatchNorm moving statistics, random-layer seeds) are discarded, and
     weights and optimizer state are untouched. Random layers (Dropout,
-    augmentation) draw once per chunk: examples of a chunk share the draw.
-    `training=False` uses inference mode (moving statistics) instead.
+    augmentation inside the model) are active and draw independently for
+    each example, as in the official code. `training=False` uses inference
+    mode (moving statistics, no Dropout) instead.
 
     Examples are drawn uniformly without replacement from the whole training
     set, seeded by `(seed, index)` of the update (the epoch or step), so a
@@ -150,9 +151,8 @@ class FisherMask(MaskCallback):
         variables = self.model.masked_variables
         totals = [tf.zeros(v.shape, "float32") for v in variables]
         for start in range(0, len(y), self.chunk_size):
-            chunk = self._squared_grads(
-                x[start : start + self.chunk_size], y[start : start + self.chunk_size]
-            )
+            stop = start + self.chunk_size
+            chunk = self._squared_grads(x[start:stop], y[start:stop], start)
             totals = [t + c for t, c in zip(totals, chunk)]
         return totals
 
@@ -161,13 +161,14 @@ class FisherMask(MaskCallback):
         flat = mask_ops.top_k_indicator(scores, self.k)
         return mask_ops.unflatten(flat, [m.shape for m in self.model.masks])
 
-    def _squared_grads(self, x, y):
+    def _squared_grads(self, x, y, start=0):
         variables = self.model.masked_variables
         key = tuple(id(v) for v in variables)
         if self._jacobian_fn is None or self._jacobian_fn[0] != key:
             # Rebuilt when the trainable set changes.
             self._jacobian_fn = (key, _make_squared_grads(self.model, variables, self.training))
-        return self._jacobian_fn[1](tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+        positions = tf.range(start, start + len(y), dtype="int64")
+        return self._jacobian_fn[1](tf.convert_to_tensor(x), tf.convert_to_tensor(y), positions)
 
     def get_config(self):
         """All `__init__` arguments except the data `x` and `y`."""
@@ -208,19 +209,25 @@ def per_example_loss_fn(model):
 def _make_squared_grads(ssam, variables, training):
     inner = ssam.model
     loss_fn = per_example_loss_fn(ssam)
+    # Seed states of Dropout and random augmentation layers.
+    rng_states = [v for v in inner.variables if v.name == "seed_generator_state"]
 
-    def forward(x):
+    def forward(x, position):
         if not training:
             return inner(x, training=False)
         # Training mode: BatchNorm uses this example's statistics; its
-        # moving-statistics updates (and seed advances) stay in the scope.
-        with keras.StatelessScope():
+        # moving-statistics updates and the seed advances stay in the scope
+        # and are discarded. Each example draws its own randomness (Dropout
+        # masks): its seed counters are moved by (position + 1) * 2^32.
+        offset = tf.stack([tf.constant(0, "int64"), (position + 1) * 2**32])
+        mapping = [(v, tf.convert_to_tensor(v) + tf.cast(offset, v.dtype)) for v in rng_states]
+        with keras.StatelessScope(state_mapping=mapping):
             return inner(x, training=True)
 
     def one_example(example):
-        x, y = example
+        x, y, position = example
         with tf.GradientTape() as tape:
-            loss = loss_fn(y[None], forward(x[None]))
+            loss = loss_fn(y[None], forward(x[None], position))
             loss = tf.cast(tf.reduce_sum(loss), "float32")
         grads = tape.gradient(loss, variables)
         return [
@@ -229,10 +236,10 @@ def _make_squared_grads(ssam, variables, training):
         ]
 
     @tf.function(reduce_retracing=True)
-    def squared_grads(x, y):
+    def squared_grads(x, y, positions):
         # pfor turns the per-example forward/backward into batched ops; it
         # measured 13x faster than `tape.jacobian` on a CIFAR ResNet-18.
-        per_example = tf.vectorized_map(one_example, (x, y))
+        per_example = tf.vectorized_map(one_example, (x, y, positions))
         return [tf.reduce_sum(g, axis=0) for g in per_example]
 
     return squared_grads

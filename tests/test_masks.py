@@ -117,6 +117,44 @@ def test_fisher_train_and_inference_modes_differ_on_a_fresh_network():
     assert not np.allclose(scores[True], scores[False], rtol=1e-2)
 
 
+def test_fisher_training_mode_draws_dropout_per_example():
+    """16 examples in one vectorized chunk, Dropout(0.5) before the last Dense.
+
+    With its own Dropout draw per example (the official batch-size-1 loop),
+    a hidden unit is dropped for all 16 examples with probability 2^-16, so
+    (almost) every row of the last kernel has a non-zero Fisher; a draw shared
+    by the chunk would zero about half of the rows. Seed states stay put.
+    """
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(3),
+        ]
+    )
+    model = SSAMModel(inner, rho=0.1)
+    model.compile(optimizer="sgd", loss=LOSS)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 5)).astype("float32"), rng.integers(0, 3, 16)
+    seeds = [v.numpy().copy() for v in inner.variables if v.name == "seed_generator_state"]
+    callback = FisherMask(x, y, num_samples=16, chunk_size=16)
+    callback.set_model(model)
+    kernel = callback.fisher_scores(x, y)[2].numpy()  # the last Dense kernel, 64 x 3
+    zero_rows = np.mean(np.all(kernel == 0, axis=1))
+    assert zero_rows <= 2 / 64, zero_rows
+    after = [v.numpy() for v in inner.variables if v.name == "seed_generator_state"]
+    for a, b in zip(seeds, after):
+        np.testing.assert_array_equal(a, b)
+    # Inference mode: no Dropout, equal to the per-example loop.
+    callback = FisherMask(x, y, num_samples=16, chunk_size=16, training=False)
+    callback.set_model(model)
+    got = callback.fisher_scores(x, y)
+    for g, w in zip(got, loop_fisher(inner, x, y, LOSS, training=False)):
+        np.testing.assert_allclose(g.numpy(), w, rtol=2e-5, atol=1e-12)
+
+
 def test_fisher_callback_sets_mask_before_first_step_and_each_epoch():
     x, y = data()
     model = compiled()
