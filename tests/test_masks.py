@@ -583,35 +583,34 @@ def test_get_config_covers_every_init_argument_and_round_trips(cls, data_args):
         assert type(restored) is cls and restored.get_config() == config
 
 
-@pytest.mark.parametrize("cls", [FisherMask, RandomMask])
+@pytest.mark.parametrize("cls", [FisherMask, RandomMask, DynamicMask])
 def test_masks_follow_the_trainable_set(cls):
     """Freeze a layer after wrapping: k and the logged density count trainable entries."""
     x, y = data()
 
-    def fit(model, callback):
+    def fit(model):
+        callback = FisherMask(x, y, sparsity=0.5) if cls is FisherMask else cls(0.5)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-        return model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
-
-    def make_callback():
-        return FisherMask(x, y, sparsity=0.5) if cls is FisherMask else cls(0.5)
+        history = model.fit(x, y, batch_size=20, epochs=1, verbose=0, callbacks=[callback])
+        return history.history["mask_density"], callback
 
     model = SSAMModel(conv_bn_model(), rho=0.1)
-    model.model.layers[0].trainable = False  # the conv: 76 of the 99 entries
-    history = fit(model, make_callback())
-    trainable = mask_ops.flatten(model.masks).numpy()
-    assert trainable.size == 23 and trainable.sum() == 12  # round(11.5)
-    assert history.history["mask_density"] == [pytest.approx(12 / 23)]
+    model.model.layers[-1].trainable = False  # the dense head: 15 of the 99 entries
+    density, _ = fit(model)
+    trainable = flat_masks(model)
+    assert trainable.size == 84 and trainable.sum() == 42  # exactly half
+    assert density == [0.5]
     # Unfreezing invalidates the mask: the next fit computes one over all 99.
-    model.model.layers[0].trainable = True
-    callback = make_callback()
-    history = fit(model, callback)
-    assert [h["index"] for h in callback.history] == [0]
+    model.model.layers[-1].trainable = True
+    density, callback = fit(model)
+    assert callback.history[0]["index"] == 0 and callback.history[0]["mask_changed"] > 0
     assert flat_masks(model).sum() == 50  # round(49.5)
-    assert history.history["mask_density"] == [pytest.approx(50 / 99)]
-    # Freezing again: recomputed over the 23 trainable entries.
+    assert density == [pytest.approx(50 / 99)]
+    # Freezing the conv: recomputed over the 23 trainable entries.
     model.model.layers[0].trainable = False
-    fit(model, make_callback())
-    assert flat_masks(model).sum() == 12
+    density, _ = fit(model)
+    assert flat_masks(model).size == 23 and flat_masks(model).sum() == 12  # round(11.5)
+    assert density == [pytest.approx(12 / 23)]
 
 
 def test_random_mask_density_and_zero_sparsity_is_dense():
