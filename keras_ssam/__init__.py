@@ -8,6 +8,7 @@ from keras_ssam.perturbation import sparse_perturbation
 from keras_ssam.random_mask import RandomMask
 from keras_ssam.rho_scheduler import RhoScheduler
 from keras_ssam.ssam_model import SSAMModel
+from keras_ssam.structured_mask import StructuredFisherMask
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "RandomMask",
     "RhoScheduler",
     "SSAMModel",
+    "StructuredFisherMask",
     "sparse_perturbation",
     "__version__",
 ]

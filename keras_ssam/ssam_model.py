@@ -1,6 +1,7 @@
 """`SSAMModel`: a Keras model that trains with (Sparse) Sharpness-Aware Minimization."""
 
 import contextlib
+import logging
 import math
 import numbers
 import os
@@ -10,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ssam import two_pass
 from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
 
 PERTURBATIONS = ("global", "local")
@@ -88,6 +90,14 @@ class SSAMModel(keras.Model):
             of `e`, of the logged loss or of `sharpness`. Keras'
             `weight_decay=` on the optimizer is decoupled instead. Defaults
             to `0.0`.
+        reuse_activations: Boolean. When the mask perturbs only the layers
+            above a single-tensor cut of a functional model (a structured
+            mask, e.g. `keras_ssam.StructuredFisherMask`), run the second
+            pass from the first pass's activations at the cut instead of
+            from the inputs; the result is the same (the layers below are
+            not perturbed). With `norm_scope="masked"` the first pass also
+            computes gradients of the perturbed variables only. See
+            `keras_ssam.two_pass`. Defaults to `True`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
 
     Example:
@@ -122,6 +132,7 @@ class SSAMModel(keras.Model):
         num_batch_splits=1,
         non_finite="skip",
         coupled_weight_decay=0.0,
+        reuse_activations=True,
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -137,8 +148,9 @@ class SSAMModel(keras.Model):
         _check_choice("norm_scope", norm_scope, NORM_SCOPES)
         _check_choice("perturbation", perturbation, PERTURBATIONS)
         _check_choice("non_finite", non_finite, NON_FINITE)
-        if not isinstance(adaptive, bool):
-            raise TypeError(f"`adaptive` must be a bool; received adaptive={adaptive!r}.")
+        for name, value in (("adaptive", adaptive), ("reuse_activations", reuse_activations)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a bool; received {name}={value!r}.")
         for name, value in (
             ("eta", eta),
             ("epsilon", epsilon),
@@ -169,6 +181,13 @@ class SSAMModel(keras.Model):
         self.perturbation = perturbation
         self.epsilon = float(epsilon)
         self.coupled_weight_decay = float(coupled_weight_decay)
+        self.reuse_activations = reuse_activations
+        # Ids of the trainable variables whose masks have ones (host side);
+        # the traced step depends on it (two_pass).
+        self._support_ids = None
+        self._plan = None
+        self._said = set()
+        self.traces = 0
         # A variable, so schedules change rho without retracing and
         # checkpoints carry its current value.
         self._rho = self.add_weight(
@@ -313,6 +332,7 @@ class SSAMModel(keras.Model):
         for var, new in zip(targets, values):
             var.assign(new)
         self._mask_active.assign(self._active_flags())
+        self._refresh_support(values)
 
     def set_in_step_mask_update(self, fn):
         """Registers `fn(grads, variables, masks) -> new masks` (or `None`).
@@ -346,6 +366,46 @@ class SSAMModel(keras.Model):
     def _masks_for(self, variables):
         return [tf.convert_to_tensor(self._masks[self._mask_index[id(v)]]) for v in variables]
 
+    # -------------------------------------------------------------- support
+    def _refresh_support(self, values=None):
+        """Re-derives the support from the masks; retraces the step if it changed."""
+        if values is None:
+            values = [keras.ops.convert_to_numpy(m) for m in self.masks]
+        variables = self.masked_variables
+        support = frozenset(id(variables[i]) for i in two_pass.support_of(values))
+        if support == self._support_ids:
+            return
+        self._support_ids = support
+        if getattr(self, "train_function", None) is not None:
+            self.make_train_function(force=True)
+
+    def _make_plan(self, variables):
+        """The `two_pass.Plan` for the current masks and trainable set."""
+        everything = tuple(range(len(variables)))
+        if self._support_ids is None:
+            self._refresh_support()
+        if self.norm_scope == "all":
+            return two_pass.Plan(everything, reason="norm_scope='all' needs every gradient")
+        if self._in_step_mask_fn is not None:
+            return two_pass.Plan(everything, reason="an in-step mask update needs every gradient")
+        support = tuple(i for i, v in enumerate(variables) if id(v) in self._support_ids)
+        if self.run_eagerly and len(support) < len(variables):
+            self._say(
+                "run_eagerly=True: eager execution prunes nothing, so a structured mask "
+                "saves no time; the step computes every gradient."
+            )
+            return two_pass.Plan(everything, reason="run_eagerly")
+        plan = two_pass.plan_step(self.model, variables, support, self.reuse_activations)
+        if not plan.reuse and 0 < len(support) < len(variables):
+            self._say(f"SSAMModel: second pass recomputed from the inputs ({plan.reason}).")
+        return plan
+
+    def _say(self, message):
+        # One line per distinct reason, not one per retrace.
+        if message not in self._said:
+            self._said.add(message)
+            logging.getLogger("keras_ssam").warning(message)
+
     # ------------------------------------------------------------- counting
     def count_params(self):
         """Parameters of the wrapped model; masks and SSAM state are not counted."""
@@ -366,10 +426,12 @@ class SSAMModel(keras.Model):
             # Without a strategy Keras defers this to the first apply; the
             # loss-scale variables are needed before it (to unscale g).
             self.optimizer.build(variables)
+        self.traces += 1  # Python: counts traces, not steps
+        plan = self._plan if self._plan is not None else self._make_plan(variables)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         grads, finite, preds = None, tf.constant(True), []
         for i, (sx, sy, sw, size) in enumerate(self._batch_splits(x, y, sample_weight, batch)):
-            loss, y_pred, grads2, ok = self._sam_gradients(sx, sy, sw, variables, first=i == 0)
+            loss, y_pred, grads2, ok = self._sam_gradients(sx, sy, sw, variables, plan, i == 0)
             # Size-weighted mean over sub-batches: with an even split, the mean.
             weight = tf.cast(size, "float32") / tf.cast(batch, "float32")
             if self.num_batch_splits > 1:
@@ -395,24 +457,34 @@ class SSAMModel(keras.Model):
         logs = dict(logs, rho=tf.cast(self._rho, "float32"))
         return _for_multi_worker(logs)
 
-    def _sam_gradients(self, x, y, sample_weight, variables, first=True):
-        """Algorithm 1 on one (sub-)batch: returns L(w), f(x), grad L(w + e), finite."""
+    def _sam_gradients(self, x, y, sample_weight, variables, plan, first=True):
+        """Algorithm 1 on one (sub-)batch: returns L(w), f(x), grad L(w + e), finite.
+
+        `plan` (see `two_pass`) names the support, the variables whose masks
+        have ones: the first pass differentiates only those, and with a cut
+        the second pass starts from the first pass's activations at the cut.
+        """
         # Pass 2 must draw the same Dropout/augmentation randomness as pass 1
         # (the official code augments in the loader: both passes see one
         # batch), so the seed states are read before pass 1 advances them.
         seeds = [(v, tf.identity(tf.convert_to_tensor(v))) for v in self._rng_states()]
+        support = [variables[i] for i in plan.support]
 
-        # Line 1: g = grad L(w), updating BatchNorm statistics and the seeds.
-        loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
+        # Line 1: g = grad L(w) on the support, updating BatchNorm statistics.
+        if plan.reuse:
+            loss, y_pred, scaled, tape, cut = self._split_first_pass(x, y, sample_weight, plan)
+            grads = tape.gradient(scaled, support)
+        else:
+            loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight, sources=support)
         ascent = self._ascent_gradients(self._unscale(grads))
         finite = self._all_finite(ascent)
 
         # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
         e = sparse_perturbation(
             ascent,
-            self._masks_for(variables),
+            self._masks_for(support),
             self._rho,
-            variables=variables,
+            variables=support,
             norm_scope=self.norm_scope,
             adaptive=self.adaptive,
             eta=self.eta,
@@ -421,13 +493,17 @@ class SSAMModel(keras.Model):
         e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
         if first:
             # SSAM-D: the mask moves after e was formed with the current one.
-            self._maybe_update_masks_in_step(ascent, variables)
+            self._maybe_update_masks_in_step(ascent, support)
 
         # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
-        perturbed = [tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(variables, e)]
-        loss2, _, grads2 = self._loss_and_grads(
-            x, y, sample_weight, state=list(zip(variables, perturbed)), fixed=seeds
-        )
+        moved = {id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)}
+        state = [(v, moved.get(id(v), tf.convert_to_tensor(v))) for v in variables]
+        if plan.reuse:
+            loss2, grads2 = self._split_second_pass(
+                tape, cut, x, y, sample_weight, plan, state, seeds
+            )
+        else:
+            loss2, _, grads2 = self._loss_and_grads(x, y, sample_weight, state=state, fixed=seeds)
         # w + e may leave the loss's domain: such a step is skipped too.
         finite = tf.logical_and(finite, self._agree(self._grads_finite(grads2)))
         size = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -439,6 +515,44 @@ class SSAMModel(keras.Model):
             _unscale_for_distribution(gap), sample_weight=size * tf.cast(finite, size.dtype)
         )
         return loss, y_pred, grads2, finite
+
+    def _split_first_pass(self, x, y, sample_weight, plan):
+        """Pass 1 as `upper(lower(x))` on a persistent tape, kept for the chain rule."""
+        with tf.GradientTape(persistent=True) as tape:
+            cut = plan.lower(x, training=True)
+            y_pred = plan.upper(cut, training=True)
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            scaled = self.optimizer.scale_loss(loss)
+        return loss, y_pred, scaled, tape, cut
+
+    def _split_second_pass(self, tape, cut, x, y, sample_weight, plan, state, seeds):
+        """Pass 2 above the cut only; the lower gradients through pass 1's tape.
+
+        Below the cut nothing is perturbed, so pass 1's activation `cut` is
+        the activation of `w + e` too, and `dL(w+e)/dw_lower` is the chain
+        rule `dcut/dw_lower . dL(w+e)/dcut`.
+        """
+        watched = [value for _, value in state]
+        with tf.GradientTape() as tape2:
+            tape2.watch(watched)
+            tape2.watch(cut)
+            with keras.StatelessScope(state_mapping=list(state) + list(seeds)):
+                y_pred = plan.upper(cut, training=True)
+                loss2 = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                )
+            scaled = self.optimizer.scale_loss(loss2)
+        *grads, upstream = tape2.gradient(scaled, watched + [cut])
+        lower = {id(v) for v in plan.lower.weights}
+        indices = [i for i, (v, _) in enumerate(state) if id(v) in lower]
+        chain = tape.gradient(cut, [state[i][0] for i in indices], output_gradients=upstream)
+        del tape
+        for i, g in zip(indices, chain):
+            # Weight regularizers of the lower layers reach grads[i] directly.
+            grads[i] = _add(grads[i], g)
+        return loss2, grads
 
     def _batch_splits(self, x, y, sample_weight, batch):
         """`num_batch_splits` contiguous sub-batches, sizes differing by at most one."""
@@ -490,15 +604,17 @@ class SSAMModel(keras.Model):
             mask.assign(value)
         self._mask_update_pending.assign(0)
 
-    def _loss_and_grads(self, x, y, sample_weight, state=None, fixed=()):
+    def _loss_and_grads(self, x, y, sample_weight, state=None, fixed=(), sources=None):
         """Loss, predictions and (loss-scaled) gradients at `w` or at `state`.
 
         `fixed` maps further variables (the seed states) to values for the
-        pass at `state`; they are not differentiated.
+        pass at `state`; they are not differentiated. `sources` restricts the
+        gradients at `w` to those variables (the rest of the backward pass is
+        pruned when traced).
         """
         with tf.GradientTape() as tape:
             if state is None:
-                watched = self.trainable_variables
+                watched = self.trainable_variables if sources is None else sources
                 loss, y_pred = self._forward(x, y, sample_weight)
             else:
                 watched = [value for _, value in state]
@@ -608,7 +724,10 @@ class SSAMModel(keras.Model):
             self._symbolic_build(data_batch=local)
 
     def make_train_function(self, force=False):
-        self._traced_active = tuple(self._active_indices())
+        if force or getattr(self, "train_function", None) is None:
+            self._traced_active = tuple(self._active_indices())
+            # The plan (support, cut) is fixed per trace; found here, eagerly.
+            self._plan = self._make_plan(self.trainable_variables)
         return super().make_train_function(force=force)
 
     def fit(self, *args, callbacks=None, **kwargs):
@@ -617,8 +736,10 @@ class SSAMModel(keras.Model):
         if self.built and getattr(self, "train_function", None) is not None:
             if getattr(self, "_traced_active", None) != tuple(self._active_indices()):
                 self.make_train_function(force=True)
+        if self.built:
+            self._refresh_support()  # masks may have been loaded since
         callbacks = list(callbacks or [])
-        callbacks.append(_NonFiniteMonitor())
+        callbacks += [_NonFiniteMonitor(), _SupportGuard()]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     # -------------------------------------------------------------- saving
@@ -693,6 +814,7 @@ class SSAMModel(keras.Model):
                 "num_batch_splits": self.num_batch_splits,
                 "non_finite": self.non_finite,
                 "coupled_weight_decay": self.coupled_weight_decay,
+                "reuse_activations": self.reuse_activations,
             }
         )
         return config
@@ -743,6 +865,23 @@ class _NonFiniteMonitor(keras.callbacks.Callback):
         )
         if self.model.non_finite == "stop":
             self.model.stop_training = True
+
+
+class _SupportGuard(keras.callbacks.Callback):
+    """Re-derives the support before the first step, once every callback ran.
+
+    `BackupAndRestore` restores masks in `on_train_begin` and a mask callback
+    sets the first mask at the first batch, both after `fit()` traced the
+    step: a support left stale could leave perturbed entries out of `e`.
+    """
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._first:
+            self._first = False
+            self.model._refresh_support()
 
 
 def _read_int(variable):

@@ -126,7 +126,7 @@ def test_loading_state_with_mismatched_masks_fails_clearly(tmp_path):
     path = str(tmp_path / "m.weights.h5")
     source.save_weights(path)
     inner = make_mlp(make_params())
-    inner.layers[0].trainable = False  # two trainable variables fewer: two masks fewer
+    inner.add(keras.layers.Dense(2))  # two variables more: two masks more
     target = SSAMModel(inner)
     before = [m.numpy().copy() for m in target.masks]
     with pytest.raises(ValueError, match="SSAM variables"):

@@ -360,6 +360,7 @@ def test_config_covers_every_init_argument():
         num_batch_splits=3,
         non_finite="stop",
         coupled_weight_decay=5e-4,
+        reuse_activations=False,
     )
     names = set(inspect.signature(SSAMModel.__init__).parameters) - {"self", "model", "kwargs"}
     assert names == set(values)

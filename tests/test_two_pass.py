@@ -1,0 +1,313 @@
+"""Structured masks: the pruned first pass and the reused second pass are exact."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from reference import numpy_perturbation
+
+from keras_ssam import SSAMModel, StructuredFisherMask, two_pass
+from keras_ssam.structured_mask import mask_distribution
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+B, S, C = 8, 6, 3
+BN_MOMENTUM, BN_EPS = 0.8, 1e-3
+
+
+def cnn(dropout=False, seed=0):
+    """conv-BN-relu | conv-BN-relu -> pool -> [dropout] -> dense: a cut after stage 1."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((S, S, 2))
+    x = inputs
+    for i, filters in enumerate((4, 5)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        if dropout and i == 0:
+            x = keras.layers.Dropout(0.3, seed=5, name="drop_low")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if dropout:
+        x = keras.layers.Dropout(0.3, seed=6, name="drop_high")(x)
+    return keras.Model(inputs, keras.layers.Dense(C, name="head")(x))
+
+
+def data(n=B, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, S, S, 2)).astype("float32"), rng.integers(0, C, n).astype("int32")
+
+
+def top_masks(model, rng_seed=1):
+    """Zeros on stage 1; on stage 2 and the head a random half (a structured mask)."""
+    rng = np.random.default_rng(rng_seed)
+    masks = []
+    for v in model.trainable_variables:
+        if v.path.startswith(("conv0", "bn0")):
+            masks.append(np.zeros(v.shape, "float32"))
+        else:
+            mask = (rng.random(v.shape) < 0.5).astype("float32")
+            mask.flat[0] = 1.0  # every upper variable stays in the support
+            masks.append(mask)
+    return masks
+
+
+# ------------------------------------------------------------- tape reference
+def reference_step(params, x, y, masks, rho, lr):
+    """One SGD step of SSAM (masked norm) on the CNN in raw TF ops, BN in train mode.
+
+    Returns the new parameters and the new BN moving statistics (from pass 1).
+    """
+    names = ["conv0", "g0", "b0", "conv1", "g1", "b1", "wk", "wb"]
+
+    def forward(p, stats=None):
+        h = tf.constant(x)
+        for i in range(2):
+            h = tf.nn.conv2d(h, p[f"conv{i}"], 1, "SAME")
+            mean, var = tf.nn.moments(h, axes=[0, 1, 2])
+            if stats is not None:
+                stats.append((mean.numpy(), var.numpy()))
+            h = tf.nn.relu((h - mean) / tf.sqrt(var + BN_EPS) * p[f"g{i}"] + p[f"b{i}"])
+        logits = tf.reduce_mean(h, axis=[1, 2]) @ p["wk"] + p["wb"]
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+    def grad(values, stats=None):
+        p = {k: tf.constant(v) for k, v in zip(names, values)}
+        with tf.GradientTape() as tape:
+            tape.watch(list(p.values()))
+            loss = forward(p, stats)
+        return [g.numpy() for g in tape.gradient(loss, [p[k] for k in names])]
+
+    stats = []
+    g = grad(params, stats)
+    e = numpy_perturbation(g, masks, rho, norm_scope="masked")
+    g2 = grad([p + ei.astype("float32") for p, ei in zip(params, e)])
+    return [p - lr * gi for p, gi in zip(params, g2)], stats
+
+
+def keras_params(model):
+    v = {w.path: w.numpy() for w in model.weights}
+    return [
+        v["conv0/kernel"],
+        v["bn0/gamma"],
+        v["bn0/beta"],
+        v["conv1/kernel"],
+        v["bn1/gamma"],
+        v["bn1/beta"],
+        v["head/kernel"],
+        v["head/bias"],
+    ]
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_structured_step_matches_tape_reference(reuse):
+    x, y = data()
+    inner = cnn()
+    params = keras_params(inner)
+    bn = {w.path: w.numpy() for w in inner.weights if "moving" in w.path}
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked", reuse_activations=reuse)
+    masks = top_masks(inner)
+    ssam.set_masks(masks)
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    assert ssam._make_plan(ssam.trainable_variables).reuse is reuse
+    ssam.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    # The reference's parameter order equals the model's trainable order here.
+    want, stats = reference_step(params, x, y, masks, 0.3, 0.1)
+    for got, w in zip(keras_params(inner), want):
+        np.testing.assert_allclose(got, w, atol=1e-5, rtol=0)
+    moved = {w.path: w.numpy() for w in inner.weights if "moving" in w.path}
+    for i, (mean, var) in enumerate(stats):
+        for key, batch in ((f"bn{i}/moving_mean", mean), (f"bn{i}/moving_variance", var)):
+            expect = bn[key] * BN_MOMENTUM + batch * (1 - BN_MOMENTUM)
+            np.testing.assert_allclose(moved[key], expect, atol=1e-5, rtol=0)
+
+
+def _train(reuse, dropout=False, steps=3, **kwargs):
+    x, y = data(B * steps)
+    inner = cnn(dropout=dropout)
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked", reuse_activations=reuse, **kwargs)
+    ssam.set_masks(top_masks(inner))
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=LOSS)
+    ssam.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    return ssam
+
+
+@pytest.mark.parametrize("case", ["dropout", "mixed_float16", "coupled_decay", "splits"])
+def test_reuse_equals_recompute(case):
+    kwargs = {}
+    if case == "mixed_float16":
+        keras.config.set_dtype_policy("mixed_float16")
+    if case == "coupled_decay":
+        kwargs["coupled_weight_decay"] = 0.01
+    if case == "splits":
+        kwargs["num_batch_splits"] = 2
+    runs = [_train(reuse, dropout=case == "dropout", **kwargs) for reuse in (True, False)]
+    assert runs[0]._plan.reuse and not runs[1]._plan.reuse
+    for a, b in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    start = cnn(dropout=case == "dropout").get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(runs[0].model.get_weights(), start)) > 1e-3
+
+
+# ------------------------------------------------------------------ what is saved
+def _op_counts(ssam):
+    """Conv2D forward and weight-gradient ops that the traced step runs.
+
+    Graph construction may emit gradient ops nobody uses; the runtime prunes
+    every op that no output or stateful op depends on, so only ops reachable
+    backwards from those are counted.
+    """
+    x, y = data()
+    fn = tf.function(ssam.train_step)
+    spec = (tf.TensorSpec(x.shape), tf.TensorSpec(y.shape, "int32"))
+    graph = fn.get_concrete_function(spec).graph
+    todo = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    seen = set()
+    while todo:
+        op = todo.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        todo += [t.op for t in op.inputs] + list(op.control_inputs)
+    types = [graph.get_operation_by_name(name).type for name in seen]
+    return types.count("Conv2D"), types.count("Conv2DBackpropFilter")
+
+
+@pytest.mark.parametrize(
+    "reuse,norm_scope,want",
+    [
+        # SAM: 2 passes x 2 convs forward and weight-gradient.
+        (True, "all", (4, 4)),
+        # Pruned pass 1 (conv1 only), full pass 2: 4 forward, 1 + 2 filter grads.
+        (False, "masked", (4, 3)),
+        # Pruned pass 1 and pass 2 above the cut: conv0 runs forward once.
+        (True, "masked", (3, 3)),
+    ],
+)
+def test_structured_mask_removes_work_from_the_traced_step(reuse, norm_scope, want):
+    inner = cnn()
+    ssam = SSAMModel(inner, rho=0.3, norm_scope=norm_scope, reuse_activations=reuse)
+    ssam.set_masks(top_masks(inner))
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    ssam.fit(*data(), batch_size=B, epochs=1, verbose=0)
+    assert _op_counts(ssam) == want
+
+
+def test_step_is_retraced_only_when_the_support_changes():
+    x, y = data(B * 2)
+    inner = cnn()
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    masks = top_masks(inner)
+    ssam.set_masks(masks)
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    ssam.fit(x, y, batch_size=B, epochs=2, verbose=0)
+    traces = ssam.traces
+    ssam.set_masks(top_masks(inner, rng_seed=7))  # same support, other entries
+    ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    assert ssam.traces == traces
+    ssam.set_masks([np.ones_like(m) for m in masks])  # support grows: stage 1 too
+    assert not ssam._plan.reuse
+    ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    assert ssam.traces == traces + 1
+
+
+def test_restored_masks_with_a_wider_support_are_used(tmp_path):
+    """Masks loaded after the step was traced: the support follows them."""
+    x, y = data()
+    inner = cnn()
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    ssam.set_masks(top_masks(inner))
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    dense = SSAMModel(cnn(), rho=0.3, norm_scope="masked")
+    path = str(tmp_path / "dense.weights.h5")
+    dense.save_weights(path)  # all-ones masks
+    ssam.load_weights(path)
+    ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    assert len(ssam._plan.support) == len(ssam.trainable_variables)
+    twin = SSAMModel(cnn(), rho=0.3, norm_scope="masked")
+    twin.load_weights(path)
+    twin.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    twin.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    for a, b in zip(ssam.model.get_weights(), twin.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# -------------------------------------------------------------------- the cut
+def test_cut_is_the_highest_single_tensor_below_the_support():
+    inner = cnn()
+    variables = inner.trainable_variables
+    head = [v for v in variables if v.path.startswith("head")]
+    lower, upper, reason = two_pass.find_cut(inner, head, variables)
+    assert reason == ""
+    assert [layer.name for layer in upper.layers][1:] == ["head"]
+    stage2 = [v for v in variables if v.path.startswith(("conv1", "bn1", "head"))]
+    lower, upper, _ = two_pass.find_cut(inner, stage2, variables)
+    assert lower.layers[-1].name == "relu0"
+    everything = two_pass.find_cut(inner, variables, variables)
+    assert everything[0] is None and "no single-tensor cut" in everything[2]
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.a = keras.layers.Dense(4, activation="relu")
+        self.b = keras.layers.Dense(C)
+
+    def call(self, x):
+        return self.b(self.a(x))
+
+
+def test_subclassed_model_falls_back_and_says_why(caplog):
+    x = np.random.default_rng(0).normal(size=(B, 5)).astype("float32")
+    y = np.arange(B) % C
+    inner = Subclassed()
+    inner(x)
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    ssam.set_masks([np.zeros((5, 4)), np.zeros(4), np.ones((4, C)), np.ones(C)])
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    with caplog.at_level(logging.WARNING, logger="keras_ssam"):
+        ssam.fit(x, y, batch_size=B, epochs=2, verbose=0)
+    said = [r.message for r in caplog.records if "recomputed from the inputs" in r.message]
+    assert len(said) == 1 and "not functional" in said[0]
+
+
+# --------------------------------------------------------- the structured mask
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_structured_fisher_mask_is_top_closed_with_exact_density(sparsity):
+    x, y = data(32)
+    inner = cnn()
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    callback = StructuredFisherMask(x, y, sparsity=sparsity, num_samples=16)
+    callback.set_model(ssam)
+    callback.update_mask(0)
+    masks = [m.numpy() for m in ssam.masks]
+    sizes = [m.size for m in masks]
+    k = int(np.floor((1 - sparsity) * sum(sizes) + 0.5))
+    assert sum(int(m.sum()) for m in masks) == k
+    used = [i for i, m in enumerate(masks) if m.any()]
+    start = used[0]
+    assert used == list(range(start, len(masks)))  # everything from a cut point up
+    assert sum(sizes[start + 1 :]) < k <= sum(sizes[start:])  # and the smallest such set
+    # Inside the support, the ones sit on the largest Fisher scores.
+    scores = np.concatenate([s.numpy().ravel() for s in callback.fisher_scores(*_draw(callback))])
+    flat = np.concatenate([m.ravel() for m in masks])
+    inside = np.arange(flat.size) >= sum(sizes[:start])
+    assert scores[inside & (flat == 1)].min() >= scores[inside & (flat == 0)].max()
+
+
+def _draw(callback):
+    return callback.sample()
+
+
+def test_mask_distribution_reports_per_variable_fractions():
+    inner = cnn()
+    ssam = SSAMModel(inner, rho=0.3)
+    masks = top_masks(inner)
+    ssam.set_masks(masks)
+    rows = mask_distribution(ssam)
+    assert [r["variable"] for r in rows] == [v.path for v in inner.trainable_variables]
+    for row, m in zip(rows, masks):
+        assert row["perturbed"] == int(m.sum()) and row["entries"] == m.size
+        assert row["fraction"] == pytest.approx(m.mean())
