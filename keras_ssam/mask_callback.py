@@ -40,13 +40,14 @@ class MaskCallback(keras.callbacks.Callback):
     `mask_density`, `mask_changed` (entries that differ from the previous
     mask) and `mask_seconds` (time spent in updates during the epoch).
 
-    When it runs: at the first batch of `fit()` a new mask is computed unless
-    the model holds valid masks for its current trainable set (restored by
-    `BackupAndRestore`, or kept from an earlier `fit()`); updates due at an
-    epoch run at that epoch's first batch. With `update_unit="step"` the
-    update index is the training step, `optimizer.iterations` read once per
-    epoch (at its first batch, after any restore) plus the batch index: no
-    host synchronization in between. Updates are due at the steps that are
+    When it runs: when the first epoch of `fit()` begins (after every
+    callback's `on_train_begin`, so after a `BackupAndRestore` restore) a new
+    mask is computed unless the model holds valid masks for its current
+    trainable set (restored, or kept from an earlier `fit()`); updates due
+    at an epoch run in `on_epoch_begin`, before the epoch's first batch is
+    read. With `update_unit="step"` the update index is the training step:
+    `optimizer.iterations` read once per epoch (when it begins) plus Keras'
+    batch index, with no host synchronization in between. Updates are due at the steps that are
     multiples of `update_interval`; with `steps_per_execution > 1` Keras
     runs callbacks only between executions, so an update due inside an
     execution runs at the first execution boundary at or after it (one
@@ -84,10 +85,9 @@ class MaskCallback(keras.callbacks.Callback):
         self.updates = 0
         self.history = []
         self.index = 0
-        self._first_batch = False
+        self._first_epoch = False
         self._epoch_log = {}
         self._epoch = 0
-        self._epoch_due = False
         self._epoch_start_step = None  # step of batch 0 of this epoch
         self._last_boundary = None  # step of the previous execution boundary
 
@@ -179,11 +179,10 @@ class MaskCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._check_model()
         self._epoch_log = {}
-        # The first mask is computed before the first step, not here: a
+        # The first mask is computed when the first epoch begins, not here: a
         # `BackupAndRestore` listed after this callback restores the masks in
         # its own `on_train_begin`, and a restored mask must not be recomputed.
-        self._first_batch = True
-        self._epoch_due = False
+        self._first_epoch = True
         self._epoch_start_step = None
         self._last_boundary = None
 
@@ -192,45 +191,44 @@ class MaskCallback(keras.callbacks.Callback):
         self.update_mask(index)
 
     def on_epoch_begin(self, epoch, logs=None):
+        # Before the epoch's training iterator exists: a strategy that reads
+        # the training stream (FisherMask) does not interleave with it.
         self._epoch = epoch
-        self._epoch_start_step = None
-        # Run at the epoch's first batch, after the first mask is in place.
-        self._epoch_due = self.update_unit == "epoch" and self._due(epoch)
-
-    def on_train_batch_begin(self, batch, logs=None):
         step = None
         if self.update_unit == "step":
-            step = self._step_at(batch)
-        if self._first_batch:
-            self._first_batch = False
+            step = self._read_epoch_start()
+        if self._first_epoch:
+            self._first_epoch = False
             # Masks restored from a backup (or kept from an earlier fit()) stay,
             # unless the trainable set changed since they were set.
             if not self._masks_valid():
-                self.update_mask(self._epoch if step is None else step)
-        if self._epoch_due:
-            self._epoch_due = False
-            self.on_update_due(self._epoch)
-        if step is not None:
-            due = self._due_in(self._last_boundary, step)
-            self._last_boundary = step
-            if due is not None:
-                self.on_update_due(step)
+                self.update_mask(epoch if step is None else step)
+        if self.update_unit == "epoch" and self._due(epoch):
+            self.on_update_due(epoch)
 
-    def _step_at(self, batch):
-        """Global step of `batch`: one read of `iterations` per epoch."""
-        if self._epoch_start_step is None:
-            # Restored with the optimizer on resume; the only host sync.
-            iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            self._epoch_start_step = iterations - batch
-            # The previous execution boundary (the last execution of the
-            # previous epoch), by arithmetic, so that a resumed run, whose
-            # callback has no memory of it, makes the same decisions.
-            last = self._last_execution_length()
-            if last is not None:
-                self._last_boundary = iterations - last
-            elif self._last_boundary is None:
-                self._last_boundary = iterations - 1
-        return self._epoch_start_step + batch
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.update_unit != "step":
+            return
+        step = self._epoch_start_step + batch  # no host sync
+        due = self._due_in(self._last_boundary, step)
+        self._last_boundary = step
+        if due is not None:
+            self.on_update_due(step)
+
+    def _read_epoch_start(self):
+        """The step of the epoch's batch 0: one read of `iterations` per epoch."""
+        # Restored with the optimizer on resume; the only host sync.
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self._epoch_start_step = step
+        # The previous execution boundary (the start of the previous epoch's
+        # last execution), by arithmetic, so that a resumed run, whose
+        # callback has no memory of it, makes the same decisions.
+        last = self._last_execution_length()
+        if last is not None:
+            self._last_boundary = step - last
+        elif self._last_boundary is None:
+            self._last_boundary = step - 1
+        return step
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
