@@ -207,6 +207,9 @@ def test_imagenet_size_folder_stream_advances_each_epoch(tmp_path):
     first = np.concatenate([b[0].numpy() for b in train])
     second = np.concatenate([b[0].numpy() for b in train])
     assert first.shape == (8, 224, 224, 3) and not np.array_equal(first, second)
+    # New crops, not only a new order: no image of epoch 1 is an image of epoch 0 (or its flip).
+    for image in second:
+        assert not any(np.array_equal(image, f) or np.array_equal(image, f[:, ::-1]) for f in first)
     info.follow.assign(1)
     info.epoch.assign(1)
     np.testing.assert_array_equal(second, np.concatenate([b[0].numpy() for b in train]))
