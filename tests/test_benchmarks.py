@@ -31,24 +31,59 @@ def table_rows(stdout, first_cell):
     return [line for line in stdout.splitlines() if line.startswith(first_cell)]
 
 
+def parse_step_table(stdout):
+    """{config: (ms per step, ratio to SGD, ratio to SAM)} from step_time.py's table."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("config"))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line[:1].isalpha() or line.startswith("FisherMask"):
+            break
+        *name, ms, per_sgd, per_sam = line.split()
+        rows[" ".join(name)] = (float(ms), float(per_sgd), float(per_sam))
+    return rows
+
+
 @pytest.mark.slow
 def test_step_time_script():
     out = script(
         "step_time.py", "--models", "small_cnn", "--sparsities", "0.5", "--steps", "2",
         "--warmup", "1", "--batch", "16", "--num-samples", "8",
     )  # fmt: skip
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalpha()}
-    assert {"sgd", "sam", "ssam-f", "ssam-d", "random"} <= set(rows)
-    assert float(rows["sgd"][-2]) == 1.0 and float(rows["sam"][-1]) == 1.0  # ratio columns
-    assert "FisherMask update, Ns=8" in out
+    # The run is the one requested on the command line.
+    assert "model=small_cnn batch=16 median of 2 interleaved steps after 1 warm-up rounds" in out
+    assert "FisherMask update, Ns=8:" in out
+    rows = parse_step_table(out)
+    assert list(rows) == ["sgd", "sam", "ssam-f 0.5", "ssam-d 0.5", "random 0.5"]
+    # The ratio columns are the ms column divided by SGD's and SAM's (to print rounding).
+    sgd, sam = rows["sgd"][0], rows["sam"][0]
+    for ms, per_sgd, per_sam in rows.values():
+        assert per_sgd == pytest.approx(ms / sgd, rel=0.01, abs=0.006)
+        assert per_sam == pytest.approx(ms / sam, rel=0.01, abs=0.0006)
 
 
 @pytest.mark.slow
 def test_analysis_time_script():
     out = script("analysis_time.py", "--model", "small_cnn", "--examples", "32", "--repeats", "1")
-    rows = table_rows(out, "| HVP")
-    # Seconds can round to 0.000 for a 32-example small CNN; the ratio to a gradient cannot.
-    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows)
+    assert "model=small_cnn examples=32 repeats=1" in out
+    rows = [r.split("|") for r in table_rows(out, "| ")][1:]  # after the header
+    names = [r[1].strip() for r in rows]
+    assert names == [
+        "loss + accuracy (1 landscape point)", "gradient", "HVP, forward-over-reverse",
+        "HVP, double backprop",
+    ]  # fmt: skip
+    # Seconds can round to 0.000 for a 32-example small CNN; the ratio to a gradient cannot,
+    # and the gradient's own ratio is 1.
+    ratios = {name: float(r[3]) for name, r in zip(names, rows)}
+    assert ratios["gradient"] == 1.0
+    assert ratios["HVP, forward-over-reverse"] > 0 and ratios["HVP, double backprop"] > 0
+
+
+def count_images(archive, split):
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        return sum(1 for m in tar.getmembers() if m.isfile() and f"/{split}/" in f"/{m.name}")
 
 
 @pytest.mark.slow
@@ -56,27 +91,46 @@ def test_cifar10_script_writes_runs_resumes_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     if not os.path.exists(SHARED):
         pytest.skip(f"shared CIFAR-10 archive not found at {SHARED}")
-    args = [
-        "--data", SHARED, "--cache", str(tmp_path / "cache"), "--train-images", "128",
-        "--epochs", "1", "--seeds", "1", "--curve-every", "1", "--curve-images", "64",
-        "--out", str(tmp_path / "runs.json"),
-    ]  # fmt: skip
+    requested = {
+        "data": SHARED, "cache": str(tmp_path / "cache"), "train_images": 128, "epochs": 1,
+        "seeds": 1, "curve_every": 1, "curve_images": 64, "out": str(tmp_path / "runs.json"),
+    }  # fmt: skip
+    args = [x for k, v in requested.items() for x in ("--" + k.replace("_", "-"), str(v))]
     out = script("cifar10.py", *args, "--plots", str(tmp_path / "fig"))
-    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    saved_text = (tmp_path / "runs.json").read_text()
+    saved = json.loads(saved_text)
+    # The arguments recorded are those requested (and the documented defaults).
+    assert saved["args"] == dict(requested, rho=0.05, quick=False, plots=str(tmp_path / "fig"))
+    runs = saved["runs"]
     assert [(r["optimizer"], r["sparsity"]) for r in runs] == [
         ("sgd", None), ("sam", None), ("ssam-f", 0.5), ("ssam-f", 0.9), ("ssam-d", 0.5),
         ("ssam-d", 0.9),
     ]  # fmt: skip
+    # Final accuracy is on every test image of the archive, curve accuracy on the
+    # 64-image subset: both are whole counts of images over those totals.
+    n_test = count_images(SHARED, "test")
     for r in runs:
-        assert 0.0 <= r["test_accuracy"] <= 1.0
-        assert [p["epoch"] for p in r["curve"]] == [1] and "test_accuracy" in r["curve"][0]
+        for accuracy, total in ((r["test_accuracy"], n_test), (r["curve"][0]["test_accuracy"], 64)):
+            assert abs(accuracy * total - round(accuracy * total)) < 1e-3 * total / 64
+        assert [p["epoch"] for p in r["curve"]] == [1]
         assert ("sharpness" in r["curve"][0]) == (r["optimizer"] != "sgd")
-    assert len(table_rows(out, "| ssam")) == 4
+    # What the script printed is what it saved: one JSON line per run, then the table.
+    printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert printed == [{k: v for k, v in r.items() if k != "curve"} for r in runs]
+    table = {line.split("|")[1].strip(): line.split("|") for line in table_rows(out, "| s")}
+    for r in runs:
+        name = (
+            r["optimizer"]
+            if r["sparsity"] is None
+            else f"{r['optimizer']} {int(r['sparsity'] * 100)}%"
+        )
+        assert table[name][2].split("±")[0].strip() == f"{r['test_accuracy'] * 100:.2f}"
+        assert table[name][5].strip() == f"{r['curve'][-1]['train_accuracy'] * 100:.1f}"
     for name in ("accuracy_vs_sparsity", "training_curves", "sharpness"):
         assert (tmp_path / "fig" / f"cifar10_{name}.png").read_bytes()[:4] == b"\x89PNG"
-    # A second invocation finds every run already done and trains nothing.
+    # A second invocation finds every run already done, trains nothing, rewrites nothing.
     again = script("cifar10.py", *args)
-    assert "resuming: 6 runs" in again and json.loads((tmp_path / "runs.json").read_text()) == {
-        "args": json.loads((tmp_path / "runs.json").read_text())["args"],
-        "runs": runs,
-    }
+    assert "resuming: 6 runs" in again and not any(
+        line.startswith("{") for line in again.splitlines()
+    )
+    assert (tmp_path / "runs.json").read_text() == saved_text
