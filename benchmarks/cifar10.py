@@ -51,12 +51,17 @@ def run(root, optimizer, sparsity, seed, args):
         f"folder:{root}", batch_size=128, seed=seed, train_limit=args.train_images
     )
     _, curve_test, _ = data.load(
-        f"folder:{root}", batch_size=256, seed=seed, train_limit=128, test_limit=args.curve_images
+        f"folder:{root}",
+        batch_size=256,
+        seed=seed,
+        train_limit=128,
+        test_limit=args.curve_images,
+        drop_remainder=False,  # only its test split is used
     )
     model = models.proxy_cnn(10, info.input_shape, data.preprocessing_layers(info))
     if optimizer != "sgd":
         model = keras_ssam.SSAMModel(model, rho=args.rho)
-    steps = args.epochs * -(-info.num_train // 128)
+    steps = args.epochs * info.steps_per_epoch  # full batches only (drop_last)
     model.compile(
         optimizer=keras.optimizers.SGD(
             keras.optimizers.schedules.CosineDecay(0.05, steps),

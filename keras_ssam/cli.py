@@ -422,7 +422,7 @@ def analyze(args):
 
     model = keras.models.load_model(args.model)
     limit = {"train_limit": args.num_examples, "test_limit": args.num_examples}
-    train_ds, test_ds, _ = data.load(
+    train_ds, test_ds, info = data.load(
         args.dataset,
         args.data_dir,
         args.batch_size,
@@ -431,6 +431,9 @@ def analyze(args):
         drop_remainder=False,
         **limit,
     )
+    # Every pass of an analysis (each Hessian-vector product) reads the same
+    # examples in the same order: the training stream stays at epoch 0.
+    info.follow.assign(1)
     batches = train_ds if args.split == "train" else test_ds
     os.makedirs(args.out, exist_ok=True)
     report = {"model": args.model, "dataset": args.dataset, "split": args.split}
