@@ -21,17 +21,21 @@ import numpy as np  # noqa: E402
 
 import keras_ssam  # noqa: E402
 from keras_ssam import models  # noqa: E402
+from keras_ssam.structured_mask import mask_distribution  # noqa: E402
 
 STEPS_PER_CIFAR_EPOCH = 391
 
 
-def configs(sparsities):
+KINDS = ("fisher", "dynamic", "random", "structured")
+
+
+def configs(sparsities, kinds=KINDS):
     yield "sgd", None, None
     yield "sam", None, None
+    names = {"fisher": "ssam-f", "dynamic": "ssam-d", "random": "random", "structured": "struct"}
     for s in sparsities:
-        yield f"ssam-f {s}", "fisher", s
-        yield f"ssam-d {s}", "dynamic", s
-        yield f"random {s}", "random", s
+        for kind in kinds:
+            yield f"{names[kind]} {s}", kind, s
 
 
 def callback(kind, sparsity, x, y):
@@ -39,6 +43,8 @@ def callback(kind, sparsity, x, y):
         return keras_ssam.FisherMask(x, y, num_samples=16, sparsity=sparsity)
     if kind == "dynamic":
         return keras_ssam.DynamicMask(sparsity)
+    if kind == "structured":
+        return keras_ssam.StructuredFisherMask(x, y, num_samples=16, sparsity=sparsity)
     return keras_ssam.RandomMask(sparsity)
 
 
@@ -46,7 +52,9 @@ def build(model_name, name, kind, sparsity, x, y):
     keras.utils.set_random_seed(0)
     model = models.build_model(model_name, 10, (32, 32, 3))
     if name != "sgd":
-        model = keras_ssam.SSAMModel(model, rho=0.1)
+        # The structured mask saves time with the masked norm only (two_pass).
+        scope = "masked" if kind == "structured" else "all"
+        model = keras_ssam.SSAMModel(model, rho=0.1, norm_scope=scope)
     model.compile(
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -56,8 +64,21 @@ def build(model_name, name, kind, sparsity, x, y):
         mask.set_model(model)
         mask.set_params({"epochs": 1, "steps": 1})
         mask.on_train_begin()  # SSAM-D registers its in-step update
-        mask.on_train_batch_begin(0)  # the first mask, as before fit's first step
+        mask.on_epoch_begin(0)  # the first mask, as before fit's first step
+        mask.on_train_batch_begin(0)
     return model
+
+
+def support(model):
+    """Where the mask's ones are: share of parameters in the support, reuse."""
+    if not isinstance(model, keras_ssam.SSAMModel):
+        return ""
+    rows = mask_distribution(model)
+    total = sum(r["entries"] for r in rows)
+    inside = sum(r["entries"] for r in rows if r["perturbed"])
+    first = next((r["variable"] for r in rows if r["perturbed"]), "-")
+    reuse = model._plan is not None and model._plan.reuse
+    return f"support {100 * inside / total:5.1f}% of params from {first}, reuse={reuse}"
 
 
 def time_interleaved(built, x, y, steps, warmup, batch):
@@ -98,6 +119,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--no-fisher-cost", action="store_true")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -109,7 +132,7 @@ def main():
     for model_name in args.models:
         built = {
             name: build(model_name, name, kind, sparsity, x, y)
-            for name, kind, sparsity in configs(args.sparsities)
+            for name, kind, sparsity in configs(args.sparsities, args.kinds)
         }
         rows = list(time_interleaved(built, x, y, args.steps, args.warmup, args.batch).items())
         sgd, sam = rows[0][1], rows[1][1]
@@ -119,7 +142,12 @@ def main():
         )
         print(f"{'config':<14} {'ms/step':>9} {'÷ SGD':>7} {'÷ SAM':>7}")
         for name, seconds in rows:
-            print(f"{name:<14} {1000 * seconds:>9.1f} {seconds / sgd:>7.2f} {seconds / sam:>7.3f}")
+            print(
+                f"{name:<14} {1000 * seconds:>9.1f} {seconds / sgd:>7.2f} {seconds / sam:>7.3f}"
+                f"  {support(built[name])}"
+            )
+        if args.no_fisher_cost:
+            continue
         seconds, percent = mask_update_cost(model_name, x, y, sam, args.num_samples)
         print(
             f"FisherMask update, Ns={args.num_samples}: {seconds:.2f} s = {percent:.2f} % of a "
