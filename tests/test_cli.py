@@ -330,3 +330,18 @@ def test_trained_model_file_reloads_and_feeds_analyze(tmp_path):
          "1", "--max-iter", "2", "--out", str(tmp_path / "analysis")]
     )  # fmt: skip
     assert len(report["hessian"]["eigenvalues"]) == 1 and report["hessian"]["seconds"] > 0
+
+
+@pytest.mark.parametrize("classes,preset", [(100, "cifar100"), (10, "cifar10")])
+def test_folder_of_small_images_gets_the_cifar_preset_by_class_count(tmp_path, classes, preset):
+    import tensorflow as tf
+
+    image = tf.io.encode_png(np.zeros((32, 32, 3), "uint8"))
+    for split in ("train", "test"):
+        for c in range(classes):
+            os.makedirs(tmp_path / split / f"c{c:03d}")
+            tf.io.write_file(str(tmp_path / split / f"c{c:03d}" / "0.png"), image)
+    args = cli.resolve(cli.build_parser().parse_args(["train", "--dataset", f"folder:{tmp_path}"]))
+    assert (args.preset, args.rho, args.model, args.num_samples) == (
+        preset, 0.2 if classes == 100 else 0.1, "resnet18", 16
+    )  # fmt: skip
