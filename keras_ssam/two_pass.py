@@ -97,11 +97,13 @@ def find_cut(model, perturbed, variables):
     holds = [any(id(w) in wanted for w in layer.weights) for layer in layers]
     lowest = holds.index(True) if True in holds else len(layers)
     everything = {id(v) for v in variables}
-    for layer in reversed(layers[1:lowest]):
+    for layer in reversed(layers[:lowest]):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
         try:
             h = layer.output
-            upper = keras.Model(h, model.output)
-            lower = keras.Model(model.input, h)
+            upper = keras.Model(h, model.outputs[0])
+            lower = keras.Model(model.inputs[0], h)
         except (ValueError, AttributeError):  # not a cut, or a layer called twice
             continue
         up = {id(v) for v in upper.weights}

@@ -144,6 +144,19 @@ def main():
     facts["coupled_decay_vs_one_device"] = max_diff(*decayed)
     facts["coupled_decay_effect"] = max_diff(decayed[0], one.model.get_weights())
 
+    # A structured mask (second layer only): the second pass from the cut
+    # equals the full recomputation on 2 replicas.
+    top = [np.zeros(v.shape, "float32") for v in mlp().trainable_variables[:2]] + [
+        np.ones(v.shape, "float32") for v in mlp().trainable_variables[2:]
+    ]
+    runs = [
+        train(MIRRORED, masks=top, norm_scope="masked", reuse_activations=reuse)
+        for reuse in (True, False)
+    ]
+    facts["reuse_plans"] = [bool(r._plan.reuse) for r in runs]
+    facts["reuse_vs_recompute"] = max_diff(*(r.model.get_weights() for r in runs))
+    facts["reuse_replicas_identical"] = replicas_identical(runs[0])
+
     bad = X.copy()
     bad[BATCH - 1, 0] = np.nan  # only replica 1 of the first step sees it
     skipped = train(MIRRORED, x=bad[:BATCH], epochs=1)

@@ -66,3 +66,9 @@ def test_dynamic_mask_with_local_perturbation_stays_identical_on_replicas(facts)
 def test_coupled_weight_decay_on_two_replicas_matches_one_device(facts):
     assert facts["coupled_decay_vs_one_device"] <= 1e-5
     assert facts["coupled_decay_effect"] > 1e-3
+
+
+def test_reused_second_pass_equals_recompute_on_two_replicas(facts):
+    assert facts["reuse_plans"] == [True, False]
+    assert facts["reuse_vs_recompute"] <= 1e-5
+    assert facts["reuse_replicas_identical"]

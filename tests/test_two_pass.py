@@ -248,6 +248,15 @@ def test_cut_is_the_highest_single_tensor_below_the_support():
     assert everything[0] is None and "no single-tensor cut" in everything[2]
 
 
+def test_sequential_model_has_cuts_too():
+    inner = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(7, activation="relu"), keras.layers.Dense(C)]
+    )
+    variables = inner.trainable_variables
+    lower, upper, reason = two_pass.find_cut(inner, variables[2:], variables)
+    assert reason == "" and [layer.name for layer in lower.layers][-1] == inner.layers[0].name
+
+
 class Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
