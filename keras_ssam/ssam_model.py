@@ -472,7 +472,8 @@ class SSAMModel(keras.Model):
 
         # Line 1: g = grad L(w) on the support, updating BatchNorm statistics.
         if plan.reuse:
-            loss, y_pred, scaled, tape, cut = self._split_first_pass(x, y, sample_weight, plan)
+            loss_fn = self._loss_fn(x, y, sample_weight)
+            loss, y_pred, scaled, tape, cut = two_pass.first_pass_at_cut(plan, x, loss_fn)
             grads = tape.gradient(scaled, support)
         else:
             loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight, sources=support)
@@ -499,9 +500,7 @@ class SSAMModel(keras.Model):
         moved = {id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)}
         state = [(v, moved.get(id(v), tf.convert_to_tensor(v))) for v in variables]
         if plan.reuse:
-            loss2, grads2 = self._split_second_pass(
-                tape, cut, x, y, sample_weight, plan, state, seeds
-            )
+            loss2, grads2 = two_pass.second_pass_from_cut(plan, tape, cut, loss_fn, state, seeds)
         else:
             loss2, _, grads2 = self._loss_and_grads(x, y, sample_weight, state=state, fixed=seeds)
         # w + e may leave the loss's domain: such a step is skipped too.
@@ -516,43 +515,16 @@ class SSAMModel(keras.Model):
         )
         return loss, y_pred, grads2, finite
 
-    def _split_first_pass(self, x, y, sample_weight, plan):
-        """Pass 1 as `upper(lower(x))` on a persistent tape, kept for the chain rule."""
-        with tf.GradientTape(persistent=True) as tape:
-            cut = plan.lower(x, training=True)
-            y_pred = plan.upper(cut, training=True)
+    def _loss_fn(self, x, y, sample_weight):
+        """`y_pred -> (loss, loss-scaled loss)` for the two-pass helpers."""
+
+        def loss_fn(y_pred):
             loss = self._compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
-            scaled = self.optimizer.scale_loss(loss)
-        return loss, y_pred, scaled, tape, cut
+            return loss, self.optimizer.scale_loss(loss)
 
-    def _split_second_pass(self, tape, cut, x, y, sample_weight, plan, state, seeds):
-        """Pass 2 above the cut only; the lower gradients through pass 1's tape.
-
-        Below the cut nothing is perturbed, so pass 1's activation `cut` is
-        the activation of `w + e` too, and `dL(w+e)/dw_lower` is the chain
-        rule `dcut/dw_lower . dL(w+e)/dcut`.
-        """
-        watched = [value for _, value in state]
-        with tf.GradientTape() as tape2:
-            tape2.watch(watched)
-            tape2.watch(cut)
-            with keras.StatelessScope(state_mapping=list(state) + list(seeds)):
-                y_pred = plan.upper(cut, training=True)
-                loss2 = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-                )
-            scaled = self.optimizer.scale_loss(loss2)
-        *grads, upstream = tape2.gradient(scaled, watched + [cut])
-        lower = {id(v) for v in plan.lower.weights}
-        indices = [i for i, (v, _) in enumerate(state) if id(v) in lower]
-        chain = tape.gradient(cut, [state[i][0] for i in indices], output_gradients=upstream)
-        del tape
-        for i, g in zip(indices, chain):
-            # Weight regularizers of the lower layers reach grads[i] directly.
-            grads[i] = _add(grads[i], g)
-        return loss2, grads
+        return loss_fn
 
     def _batch_splits(self, x, y, sample_weight, batch):
         """`num_batch_splits` contiguous sub-batches, sizes differing by at most one."""

@@ -25,6 +25,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,61 @@ def plan_step(model, variables, support, reuse=True):
         return Plan(support, reason="the mask is empty")
     lower, upper, reason = find_cut(model, [variables[i] for i in support], variables)
     return Plan(support, lower, upper, reason)
+
+
+def first_pass_at_cut(plan, x, loss_fn):
+    """Pass 1 as `upper(lower(x))` on a persistent tape, kept for the chain rule.
+
+    Args:
+        plan: A `Plan` with a cut.
+        x: The (sub-)batch inputs.
+        loss_fn: `y_pred -> (loss, loss-scaled loss)`.
+
+    Returns:
+        `(loss, y_pred, scaled_loss, tape, cut_activation)`.
+    """
+    with tf.GradientTape(persistent=True) as tape:
+        cut = plan.lower(x, training=True)
+        y_pred = plan.upper(cut, training=True)
+        loss, scaled = loss_fn(y_pred)
+    return loss, y_pred, scaled, tape, cut
+
+
+def second_pass_from_cut(plan, tape, cut, loss_fn, state, fixed):
+    """Pass 2 above the cut only; the lower gradients through pass 1's tape.
+
+    Below the cut nothing is perturbed, so pass 1's activation `cut` is the
+    activation at `w + e` too, and `dL(w+e)/dw_lower` is the chain rule
+    `dcut/dw_lower . dL(w+e)/dcut`.
+
+    Args:
+        plan: The `Plan` whose cut made `cut`.
+        tape: Pass 1's persistent tape (released here).
+        cut: Pass 1's activation at the cut.
+        loss_fn: `y_pred -> (loss, loss-scaled loss)`.
+        state: `(variable, value)` for every trainable variable: `w + e` on
+            the support, `w` elsewhere.
+        fixed: Further `(variable, value)` pairs (seed states) for the scope.
+
+    Returns:
+        `(loss at w + e, loss-scaled gradients in the order of state)`.
+    """
+    watched = [value for _, value in state]
+    with tf.GradientTape() as tape2:
+        tape2.watch(watched)
+        tape2.watch(cut)
+        with keras.StatelessScope(state_mapping=list(state) + list(fixed)):
+            loss2, scaled = loss_fn(plan.upper(cut, training=True))
+    *grads, upstream = tape2.gradient(scaled, watched + [cut])
+    lower = {id(v) for v in plan.lower.weights}
+    indices = [i for i, (v, _) in enumerate(state) if id(v) in lower]
+    chain = tape.gradient(cut, [state[i][0] for i in indices], output_gradients=upstream)
+    del tape
+    for i, g in zip(indices, chain):
+        # Weight regularizers of the lower layers reach grads[i] directly.
+        if g is not None:
+            grads[i] = g if grads[i] is None else grads[i] + g
+    return loss2, grads
 
 
 def find_cut(model, perturbed, variables):

@@ -39,8 +39,9 @@ def parse_step_table(stdout):
     for line in lines[start + 1 :]:
         if not line[:1].isalpha() or line.startswith("FisherMask"):
             break
-        *name, ms, per_sgd, per_sam = line.split()
-        rows[" ".join(name)] = (float(ms), float(per_sgd), float(per_sam))
+        # A 14-character name column, three numbers, then a free-text support column.
+        ms, per_sgd, per_sam = line[14:].split()[:3]
+        rows[line[:14].strip()] = (float(ms), float(per_sgd), float(per_sam))
     return rows
 
 
@@ -54,7 +55,10 @@ def test_step_time_script():
     assert "model=small_cnn batch=16 median of 2 interleaved steps after 1 warm-up rounds" in out
     assert "FisherMask update, Ns=8:" in out
     rows = parse_step_table(out)
-    assert list(rows) == ["sgd", "sam", "ssam-f 0.5", "ssam-d 0.5", "random 0.5"]
+    assert list(rows) == ["sgd", "sam", "ssam-f 0.5", "ssam-d 0.5", "random 0.5", "struct 0.5"]
+    # The structured mask's step reuses activations; the entry-wise ones cannot.
+    support = {line[:14].strip(): line for line in out.splitlines() if "support" in line}
+    assert "reuse=True" in support["struct 0.5"] and "reuse=False" in support["ssam-f 0.5"]
     # The ratio columns are the ms column divided by SGD's and SAM's (to print rounding).
     sgd, sam = rows["sgd"][0], rows["sam"][0]
     for ms, per_sgd, per_sam in rows.values():
