@@ -285,9 +285,10 @@ def build(args, info):
 
     Coupled weight decay (the default) goes to `SSAMModel(coupled_weight_decay=)`
     and the optimizer gets none; the SGD baseline is then `SSAMModel` with
-    `rho=0`, i.e. PyTorch's SGD. Decoupled decay is the optimizer's
-    `weight_decay=`. The cosine schedule spans `epochs * steps_per_epoch`
-    steps (the training stream drops the last incomplete batch).
+    `rho=0` and an all-zero mask (one pass per step), i.e. PyTorch's SGD.
+    Decoupled decay is the optimizer's `weight_decay=`. The cosine schedule
+    spans `epochs * steps_per_epoch` steps (the training stream drops the
+    last incomplete batch).
     """
     import keras
 
@@ -308,6 +309,9 @@ def build(args, info):
             adaptive=args.adaptive,
             coupled_weight_decay=args.weight_decay if coupled else 0.0,
         )
+        if args.optimizer == "sgd":
+            # An all-zero mask: e = 0, one pass per step (SGD's cost, not SAM's).
+            model.set_masks([keras.ops.zeros(m.shape) for m in model.masks])
     steps = args.epochs * info.steps_per_epoch
     optimizer = keras.optimizers.SGD(
         keras.optimizers.schedules.CosineDecay(args.lr, steps),

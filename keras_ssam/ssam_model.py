@@ -384,6 +384,8 @@ class SSAMModel(keras.Model):
         everything = tuple(range(len(variables)))
         if self._support_ids is None:
             self._refresh_support()
+        if self._in_step_mask_fn is None and not (self._support_ids & {id(v) for v in variables}):
+            return two_pass.Plan((), reason="the mask is empty: one pass, e = 0")
         if self.norm_scope == "all":
             return two_pass.Plan(everything, reason="norm_scope='all' needs every gradient")
         if self._in_step_mask_fn is not None:
@@ -467,6 +469,8 @@ class SSAMModel(keras.Model):
         # Pass 2 must draw the same Dropout/augmentation randomness as pass 1
         # (the official code augments in the loader: both passes see one
         # batch), so the seed states are read before pass 1 advances them.
+        if not plan.support:
+            return self._one_pass(x, y, sample_weight)
         seeds = [(v, tf.identity(tf.convert_to_tensor(v))) for v in self._rng_states()]
         support = [variables[i] for i in plan.support]
 
@@ -505,6 +509,16 @@ class SSAMModel(keras.Model):
             loss2, _, grads2 = self._loss_and_grads(x, y, sample_weight, state=state, fixed=seeds)
         # w + e may leave the loss's domain: such a step is skipped too.
         finite = tf.logical_and(finite, self._agree(self._grads_finite(grads2)))
+        return self._track(x, loss, loss2, finite, y_pred, grads2)
+
+    def _one_pass(self, x, y, sample_weight):
+        """An all-zero mask: e = 0, so grad L(w + e) is pass 1's gradient (SGD cost)."""
+        loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight)
+        finite = self._agree(self._grads_finite(grads))
+        return self._track(x, loss, loss, finite, y_pred, grads)
+
+    def _track(self, x, loss, loss2, finite, y_pred, grads2):
+        """Updates the loss and sharpness trackers; returns the step's results."""
         size = tf.shape(tf.nest.flatten(x)[0])[0]
         if self.num_batch_splits > 1:  # an empty sub-batch gives an empty loss
             loss, loss2 = (tf.where(size > 0, tf.reduce_sum(v), 0.0) for v in (loss, loss2))

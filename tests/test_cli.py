@@ -44,6 +44,11 @@ def test_digits_each_optimizer_trains_with_its_own_perturbation(tmp_path, optimi
     if optimizer == "sgd":
         assert float(model.rho) == 0.0 and "mask_density" not in saved
         assert all(s == 0.0 for s in sharpness)
+        # The baseline runs one pass per step: an empty mask, e = 0.
+        assert (
+            model.mask_density() == 0.0
+            and model._make_plan(model.trainable_variables).support == ()
+        )
     else:
         assert float(model.rho) == 0.05
         want = 1.0 if optimizer == "sam" else 0.5

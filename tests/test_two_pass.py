@@ -193,6 +193,21 @@ def test_structured_mask_removes_work_from_the_traced_step(reuse, norm_scope, wa
     assert _op_counts(ssam) == want
 
 
+@pytest.mark.parametrize("norm_scope", ["all", "masked"])
+def test_all_zero_mask_is_one_pass_plain_training(norm_scope):
+    """e = 0 exactly: the step is plain Keras training, at plain training's cost."""
+    x, y = data(B * 3)
+    plain, inner = cnn(dropout=True), cnn(dropout=True)
+    ssam = SSAMModel(inner, rho=0.3, norm_scope=norm_scope, coupled_weight_decay=0.0)
+    ssam.set_masks([np.zeros(v.shape, "float32") for v in inner.trainable_variables])
+    for model in (plain, ssam):
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=LOSS)
+        model.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(plain.get_weights(), inner.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    assert _op_counts(ssam) == (2, 2)  # one forward and one backward per conv
+
+
 def test_step_is_retraced_only_when_the_support_changes():
     x, y = data(B * 2)
     inner = cnn()
