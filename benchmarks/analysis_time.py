@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_ssam import analysis, models  # noqa: E402
+from keras_ssam import analysis  # noqa: E402
+from keras_ssam.experiments import models  # noqa: E402
 
 
 def main():

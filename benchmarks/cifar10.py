@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_ssam  # noqa: E402
-from keras_ssam import data, models  # noqa: E402
+from keras_ssam.experiments import data, models  # noqa: E402
 
 CONFIGS = [
     ("sgd", None),

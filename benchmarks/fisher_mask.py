@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_ssam  # noqa: E402
-from keras_ssam import models  # noqa: E402
+from keras_ssam.experiments import models  # noqa: E402
 
 
 def loop_fisher(inner, loss_fn, x, y):

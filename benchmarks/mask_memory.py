@@ -21,7 +21,8 @@ def stage(name, model_name, num_samples, chunk):
     import tensorflow as tf
 
     import keras_ssam
-    from keras_ssam import mask_ops, models
+    from keras_ssam.experiments import models
+    from keras_ssam.masks import mask_ops
 
     inner = models.build_model(model_name, 10, (32, 32, 3))
     model = keras_ssam.SSAMModel(inner)

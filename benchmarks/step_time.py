@@ -20,8 +20,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_ssam  # noqa: E402
-from keras_ssam import models  # noqa: E402
-from keras_ssam.structured_mask import mask_distribution  # noqa: E402
+from keras_ssam.experiments import models  # noqa: E402
+from keras_ssam.masks import mask_distribution  # noqa: E402
 
 STEPS_PER_CIFAR_EPOCH = 391
 

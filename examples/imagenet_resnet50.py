@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 import keras_ssam
-from keras_ssam import data, models
+from keras_ssam.experiments import data, models
 
 parser = argparse.ArgumentParser()
 parser.add_argument("folder")

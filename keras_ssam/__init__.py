@@ -1,14 +1,30 @@
-"""Sparse Sharpness-Aware Minimization (SSAM) for Keras 3 on TensorFlow."""
+"""Sparse Sharpness-Aware Minimization (SSAM) for Keras 3 on TensorFlow.
 
-from keras_ssam.dynamic_mask import DynamicMask
-from keras_ssam.fisher_mask import FisherMask
-from keras_ssam.linked_rho_scheduler import LinkedRhoScheduler
-from keras_ssam.mask_callback import MaskCallback
+The package is grouped by kind:
+
+- the step: `SSAMModel` (`ssam_model`), the perturbation `e` (`perturbation`) and the
+  two-pass machinery that makes structured masks cheap (`two_pass`);
+- `masks`: the mask strategies (SSAM-F, SSAM-D, random, structured);
+- `schedules`: rho schedules;
+- `analysis`: flatness measurements (Hessian, landscape, gradient difference) and plots;
+- `experiments`: the paper's data pipelines and models;
+- `cli`: `keras-ssam train` / `analyze` on top of all of them.
+
+The step imports neither masks, schedules, experiments nor the CLI.
+"""
+
+import importlib
+
+from keras_ssam.masks import (
+    DynamicMask,
+    FisherMask,
+    MaskCallback,
+    RandomMask,
+    StructuredFisherMask,
+)
 from keras_ssam.perturbation import sparse_perturbation
-from keras_ssam.random_mask import RandomMask
-from keras_ssam.rho_scheduler import RhoScheduler
+from keras_ssam.schedules import LinkedRhoScheduler, RhoScheduler
 from keras_ssam.ssam_model import SSAMModel
-from keras_ssam.structured_mask import StructuredFisherMask
 
 __version__ = "0.1.0"
 
@@ -24,3 +40,18 @@ __all__ = [
     "sparse_perturbation",
     "__version__",
 ]
+
+# Earlier releases had these modules at the top; `from keras_ssam import data` still works,
+# loaded on first use so that importing the library does not import the input pipelines.
+_MOVED = {
+    "data": "keras_ssam.experiments.data",
+    "models": "keras_ssam.experiments.models",
+    "mask_ops": "keras_ssam.masks.mask_ops",
+    "plots": "keras_ssam.analysis.plots",
+}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        return importlib.import_module(_MOVED[name])
+    raise AttributeError(f"module 'keras_ssam' has no attribute {name!r}")

@@ -174,7 +174,7 @@ def preset_key(dataset, data_dir=None):
     their images: ImageNet-size images get `imagenet`, small ones `cifar100`
     with 100 classes and `cifar10` otherwise.
     """
-    from keras_ssam import data
+    from keras_ssam.experiments import data
 
     if dataset in ("digits", "cifar10", "cifar100"):
         return dataset
@@ -191,7 +191,7 @@ def preset_key(dataset, data_dir=None):
 
 def resolve(args):
     """Fills the (dataset, model) defaults and checks the choices."""
-    from keras_ssam.models import MODELS
+    from keras_ssam.experiments.models import MODELS
 
     if args.optimizer not in OPTIMIZERS:
         _fail(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; received {args.optimizer!r}.")
@@ -293,7 +293,7 @@ def build(args, info):
     import keras
 
     import keras_ssam
-    from keras_ssam import data, models
+    from keras_ssam.experiments import data, models
 
     model = models.build_model(
         args.model,
@@ -330,7 +330,7 @@ def train(args):
     args = resolve(args)
     import keras
 
-    from keras_ssam import data
+    from keras_ssam.experiments import data
 
     keras.utils.set_random_seed(args.seed)
     if args.deterministic:
@@ -422,7 +422,9 @@ def analyze(args):
     import numpy as np
 
     import keras_ssam  # noqa: F401  (registers the SSAM classes for loading)
-    from keras_ssam import analysis, data, plots
+    from keras_ssam import analysis
+    from keras_ssam.analysis import plots
+    from keras_ssam.experiments import data
 
     model = keras.models.load_model(args.model)
     limit = {"train_limit": args.num_examples, "test_limit": args.num_examples}
@@ -488,7 +490,7 @@ def analyze(args):
 def run(argv=None):
     """Runs a command and returns its results (`main` is the console entry)."""
     args = build_parser().parse_args(argv)
-    from keras_ssam.data import DatasetError
+    from keras_ssam.experiments.data import DatasetError
 
     try:
         if args.command == "train":

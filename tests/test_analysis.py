@@ -169,7 +169,8 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     import json
 
-    from keras_ssam import cli, data, models
+    from keras_ssam import cli
+    from keras_ssam.experiments import data, models
 
     saved = str(tmp_path / "model.keras")
     _, _, info = data.load("digits")
@@ -475,7 +476,7 @@ import sys
 import matplotlib
 import numpy as np
 
-from keras_ssam import plots
+from keras_ssam.analysis import plots
 
 import matplotlib.pyplot as plt  # already imported by TensorFlow: its state must not change
 

@@ -7,7 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from keras_ssam import cli, data
+from keras_ssam import cli
+from keras_ssam.experiments import data
 
 SHARED = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-images.tar.gz"
@@ -58,7 +59,7 @@ def test_digits_each_optimizer_trains_with_its_own_perturbation(tmp_path, optimi
 
 def built(argv, num_train=50_000, input_shape=(32, 32, 3), num_classes=10, large=False):
     """Resolves `train ARGV` and builds its model for a dataset of that size."""
-    from keras_ssam import data as data_lib
+    from keras_ssam.experiments import data as data_lib
 
     args = cli.resolve(cli.build_parser().parse_args(["train", *argv]))
     info = data_lib.DatasetInfo(

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from keras_ssam import data
+from keras_ssam.experiments import data
 
 FILL = (101.0, 102.0, 103.0)
 

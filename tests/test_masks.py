@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssam import DynamicMask, FisherMask, RandomMask, SSAMModel, mask_ops
+from keras_ssam import DynamicMask, FisherMask, RandomMask, SSAMModel
+from keras_ssam.masks import mask_ops
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 N_ENTRIES = 99  # conv_bn_model: conv 72 + 4, BN gamma/beta 8, dense 12 + 3

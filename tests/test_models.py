@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_ssam import models
+from keras_ssam.experiments import models
 
 
 def trainable_count(model):

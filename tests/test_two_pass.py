@@ -9,7 +9,7 @@ import tensorflow as tf
 from reference import numpy_perturbation
 
 from keras_ssam import SSAMModel, StructuredFisherMask, two_pass
-from keras_ssam.structured_mask import mask_distribution
+from keras_ssam.masks import mask_distribution
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 B, S, C = 8, 6, 3

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ssam import mask_ops
-from keras_ssam.mask_callback import MaskCallback, check_positive_int
+from keras_ssam.masks import mask_ops
+from keras_ssam.masks.mask_callback import MaskCallback, check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_ssam")

@@ -7,8 +7,8 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_ssam import mask_ops
-from keras_ssam.mask_callback import MaskCallback, check_positive_int
+from keras_ssam.masks import mask_ops
+from keras_ssam.masks.mask_callback import MaskCallback, check_positive_int
 
 STRATEGIES = ("gradient", "weight", "random")
 

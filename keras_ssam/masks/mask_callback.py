@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ssam import mask_ops
+from keras_ssam.masks import mask_ops
 
 UNITS = ("epoch", "step")
 

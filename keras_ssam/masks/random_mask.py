@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_ssam import mask_ops
-from keras_ssam.mask_callback import MaskCallback
+from keras_ssam.masks import mask_ops
+from keras_ssam.masks.mask_callback import MaskCallback
 
 
 @keras.saving.register_keras_serializable(package="keras_ssam")

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ssam import mask_ops
-from keras_ssam.fisher_mask import FisherMask
+from keras_ssam.masks import mask_ops
+from keras_ssam.masks.fisher_mask import FisherMask
 
 BUDGETS = ("count", "mass")
 

@@ -1,0 +1,6 @@
+"""Schedules of the neighbourhood radius rho (Keras callbacks, no retracing)."""
+
+from keras_ssam.schedules.linked_rho_scheduler import LinkedRhoScheduler
+from keras_ssam.schedules.rho_scheduler import RhoScheduler
+
+__all__ = ["LinkedRhoScheduler", "RhoScheduler"]
