@@ -284,7 +284,15 @@ class TestBadInput:
             SSAMModel(model)
 
     @pytest.mark.parametrize(
-        "arg,value", [("eta", -1.0), ("epsilon", float("nan")), ("adaptive", "yes")]
+        "arg,value",
+        [
+            ("eta", -1.0),
+            ("epsilon", float("nan")),
+            ("adaptive", "yes"),
+            ("coupled_weight_decay", -1e-4),
+            ("coupled_weight_decay", "5e-4"),
+            ("reuse_activations", 1),
+        ],
     )
     def test_bad_scalars(self, arg, value):
         with pytest.raises((ValueError, TypeError), match=f"{arg}="):

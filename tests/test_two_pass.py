@@ -335,3 +335,9 @@ def test_mask_distribution_reports_per_variable_fractions():
     for row, m in zip(rows, masks):
         assert row["perturbed"] == int(m.sum()) and row["entries"] == m.size
         assert row["fraction"] == pytest.approx(m.mean())
+
+
+def test_structured_mask_rejects_an_unknown_budget():
+    x, y = data()
+    with pytest.raises(ValueError, match="budget='flops'"):
+        StructuredFisherMask(x, y, budget="flops")
