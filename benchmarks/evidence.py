@@ -8,7 +8,7 @@ Default regime (calibrated in docs/EVIDENCE.md; every value is a flag): the prox
 (~290k parameters) on a seeded 1,000-image subset of the CIFAR-10 training images
 with 40 % symmetric label noise, no augmentation, 40 epochs at batch 128 (280 steps),
 cosine lr from 0.05, momentum 0.9, coupled weight decay 5e-4 (SGD) / 1e-3 (SAM-type),
-rho 0.1 for every SAM-type row, 3 seeds; test accuracy on all 10,000 clean test images.
+rho 0.15 for every SAM-type row, 3 seeds; test accuracy on all 10,000 clean test images.
 
 Rows (`--methods`): sgd, sam, ssam-f-50, ssam-f-90, ssam-d-50, ssam-d-90, structured-50.
 Every SAM-type row is `SSAMModel(..., coupled_weight_decay=wd)` with a plain
@@ -527,7 +527,7 @@ def parse(argv=None):
     parser.add_argument("--model", default="proxy_cnn", choices=sorted(models.MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--rho", type=float, default=0.1)
+    parser.add_argument("--rho", type=float, default=0.15)
     parser.add_argument("--wd-sgd", type=float, default=5e-4)
     parser.add_argument("--wd-sam", type=float, default=1e-3)
     parser.add_argument("--label-noise", type=float, default=0.4)
