@@ -119,12 +119,14 @@ def test_cifar10_script_writes_runs_resumes_and_plots(tmp_path):
         ("sgd", None), ("sam", None), ("ssam-f", 0.5), ("ssam-f", 0.9), ("ssam-d", 0.5),
         ("ssam-d", 0.9),
     ]  # fmt: skip
-    # Final accuracy is on every test image of the archive, curve accuracy on the
-    # 64-image subset: both are whole counts of images over those totals.
+    # Final accuracy is on every test image of the archive (counted as the script went
+    # through them), curve accuracy on the 64-image subset: a whole count over 64.
     n_test = count_images(SHARED, "test")
     for r in runs:
-        for accuracy, total in ((r["test_accuracy"], n_test), (r["curve"][0]["test_accuracy"], 64)):
-            assert abs(accuracy * total - round(accuracy * total)) < 1e-3 * total / 64
+        assert r["test_count"] == n_test
+        assert r["test_accuracy"] == r["test_correct"] / n_test
+        curve_accuracy = r["curve"][0]["test_accuracy"]
+        assert abs(curve_accuracy * 64 - round(curve_accuracy * 64)) < 1e-3
         assert [p["epoch"] for p in r["curve"]] == [1]
         assert ("sharpness" in r["curve"][0]) == (r["optimizer"] != "sgd")
     # What the script printed is what it saved: one JSON line per run, then the table.
