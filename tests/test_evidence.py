@@ -123,21 +123,39 @@ def test_evidence_quick_run_records_what_was_asked_and_resumes(tmp_path):
     assert other.returncode != 0 and "epochs" in other.stderr
 
 
-def test_sgd_row_is_pytorch_sgd_with_coupled_decay():
-    """The SGD row (`CoupledSGD`, one pass) trains exactly as
-    `SSAMModel(rho=0, coupled_weight_decay=wd)`, and the decay matters."""
+def load_script():
     import importlib.util
-
-    import keras
-
-    import keras_ssam
-    from keras_ssam import models
 
     spec = importlib.util.spec_from_file_location(
         "evidence", os.path.join(ROOT, "benchmarks", "evidence.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_a_method_added_later_retimes_its_seed_with_every_method():
+    """Ratios compare methods timed side by side, so a new method re-times the
+    whole seed (old and new methods together) and an old record is never narrowed."""
+    methods_to_time = load_script().methods_to_time
+    timings = [{"seed": 0, "seconds_per_step": {"sgd": 1.0, "sam": 2.0, "ssam-f-50": 2.0}}]
+    assert methods_to_time([], 0, ["sam", "sgd"]) == ["sgd", "sam"]
+    assert methods_to_time(timings, 0, ["sgd", "sam"]) is None
+    assert methods_to_time(timings, 0, ["structured-30", "sgd"]) == [
+        "sgd", "sam", "ssam-f-50", "structured-30",
+    ]  # fmt: skip
+    assert methods_to_time(timings, 1, ["sgd"]) == ["sgd"]
+
+
+def test_sgd_row_is_pytorch_sgd_with_coupled_decay():
+    """The SGD row (`CoupledSGD`, one pass) trains exactly as
+    `SSAMModel(rho=0, coupled_weight_decay=wd)`, and the decay matters."""
+    import keras
+
+    import keras_ssam
+    from keras_ssam import models
+
+    module = load_script()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 10, 48)
