@@ -15,6 +15,11 @@ from keras_ssam import two_pass
 from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
 
 PERTURBATIONS = ("global", "local")
+_STALE_SUPPORT = (
+    "SSAMModel: the masks have ones outside the variables the training step was "
+    "traced for (masks changed by a direct `assign` or `tf.train.Checkpoint.read`?). "
+    "Call `model.refresh_support()` after changing masks that way."
+)
 NON_FINITE = ("skip", "stop")
 
 
@@ -367,6 +372,21 @@ class SSAMModel(keras.Model):
         return [tf.convert_to_tensor(self._masks[self._mask_index[id(v)]]) for v in variables]
 
     # -------------------------------------------------------------- support
+    def refresh_support(self):
+        """Re-reads the masks so that the next step perturbs exactly their ones.
+
+        The compiled step computes first-pass gradients only for the
+        variables whose masks have ones (the support, see `two_pass`), read
+        on the host when the step is traced. `set_masks()`, the mask
+        callbacks, `fit()` (at each epoch), `load_weights()`,
+        `set_weights()` and `keras.saving.load_model()` keep it current.
+        Call this after changing masks any other way (a raw
+        `tf.train.Checkpoint.read`, `model.masks[i].assign(...)`) before
+        training on. A step that finds ones outside its support raises an
+        error naming this method rather than leave them out of `e`.
+        """
+        self._refresh_support()
+
     def _refresh_support(self, values=None):
         """Re-derives the support from the masks; retraces the step if it changed."""
         if values is None:
@@ -402,6 +422,46 @@ class SSAMModel(keras.Model):
             self._say(f"SSAMModel: second pass recomputed from the inputs ({plan.reason}).")
         return plan
 
+    def step_plan(self):
+        """How a training step is computed for the current masks.
+
+        Returns:
+            A dict: `"support"`, the paths of the trainable variables whose
+            first-pass gradient the step computes (with
+            `norm_scope="masked"`, those whose masks have ones; an empty
+            list is a one-pass step); `"reuse"`, whether the second pass
+            starts from the first pass's activations at a cut; `"cut"`, the
+            name of the layer whose output is that cut (or `None`);
+            `"reason"`, why the step is not cheaper (empty when it reuses).
+        """
+        variables = self.trainable_variables
+        plan = self._make_plan(variables)
+        return {
+            "support": [variables[i].path for i in plan.support],
+            "reuse": plan.reuse,
+            "cut": plan.lower.layers[-1].name if plan.reuse else None,
+            "reason": plan.reason,
+        }
+
+    def _support_current(self, plan, variables):
+        """In-graph: whether the masks outside the traced support are all zero.
+
+        Masks changed without `refresh_support()` could hold ones where the
+        traced step computes no gradient; the step must not silently leave
+        them out of `e`. Only the masks outside the support are read.
+        """
+        inside = set(plan.support)
+        outside = [v for i, v in enumerate(variables) if i not in inside]
+        if not outside:
+            return tf.constant(True)
+        current = tf.logical_not(
+            tf.reduce_any([tf.reduce_any(tf.not_equal(m, 0.0)) for m in self._masks_for(outside)])
+        )
+        # XLA compiles Assert away; the step is then skipped instead (and
+        # counted with the skipped non-finite steps): never a silent wrong step.
+        tf.debugging.Assert(current, [_STALE_SUPPORT])
+        return current
+
     def _say(self, message):
         # One line per distinct reason, not one per retrace.
         if message not in self._said:
@@ -431,7 +491,7 @@ class SSAMModel(keras.Model):
         self.traces += 1  # Python: counts traces, not steps
         plan = self._plan if self._plan is not None else self._make_plan(variables)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        grads, finite, preds = None, tf.constant(True), []
+        grads, finite, preds = None, self._support_current(plan, variables), []
         for i, (sx, sy, sw, size) in enumerate(self._batch_splits(x, y, sample_weight, batch)):
             loss, y_pred, grads2, ok = self._sam_gradients(sx, sy, sw, variables, plan, i == 0)
             # Size-weighted mean over sub-batches: with an even split, the mean.
@@ -477,7 +537,8 @@ class SSAMModel(keras.Model):
         # Line 1: g = grad L(w) on the support, updating BatchNorm statistics.
         if plan.reuse:
             loss_fn = self._loss_fn(x, y, sample_weight)
-            loss, y_pred, scaled, tape, cut = two_pass.first_pass_at_cut(plan, x, loss_fn)
+            first = two_pass.first_pass_at_cut(plan, x, loss_fn)
+            loss, y_pred, scaled, tape, cut, lower_losses = first
             grads = tape.gradient(scaled, support)
         else:
             loss, y_pred, grads = self._loss_and_grads(x, y, sample_weight, sources=support)
@@ -504,7 +565,9 @@ class SSAMModel(keras.Model):
         moved = {id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)}
         state = [(v, moved.get(id(v), tf.convert_to_tensor(v))) for v in variables]
         if plan.reuse:
-            loss2, grads2 = two_pass.second_pass_from_cut(plan, tape, cut, loss_fn, state, seeds)
+            loss2, grads2 = two_pass.second_pass_from_cut(
+                plan, tape, cut, lower_losses, loss_fn, state, seeds
+            )
         else:
             loss2, _, grads2 = self._loss_and_grads(x, y, sample_weight, state=state, fixed=seeds)
         # w + e may leave the loss's domain: such a step is skipped too.
@@ -530,12 +593,23 @@ class SSAMModel(keras.Model):
         return loss, y_pred, grads2, finite
 
     def _loss_fn(self, x, y, sample_weight):
-        """`y_pred -> (loss, loss-scaled loss)` for the two-pass helpers."""
+        """`(y_pred, extra) -> (loss, loss-scaled loss)` for the two-pass helpers.
 
-        def loss_fn(y_pred):
-            loss = self._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
+        `extra` are `add_loss` terms not visible in the model's `losses`
+        (pass 1's terms below the cut, during pass 2); they are summed as
+        Keras sums `add_loss` terms. `y_pred=None` sums `extra` alone.
+        """
+
+        def loss_fn(y_pred, extra):
+            terms = [self._aggregate_additional_loss(t) for t in extra]
+            if y_pred is not None:
+                terms.insert(
+                    0,
+                    self._compute_loss(
+                        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+                    ),
+                )
+            loss = tf.add_n([tf.cast(t, terms[0].dtype) for t in terms])
             return loss, self.optimizer.scale_loss(loss)
 
         return loss_fn
@@ -606,8 +680,12 @@ class SSAMModel(keras.Model):
                 watched = [value for _, value in state]
                 tape.watch(watched)
                 # State updates of this pass (BatchNorm statistics, RNG
-                # seeds) stay inside the scope and are discarded.
-                with keras.StatelessScope(state_mapping=list(state) + list(fixed)):
+                # seeds) stay inside the scope and are discarded; `add_loss`
+                # terms (activity regularizers) are collected there, or
+                # Keras would drop them from L(w + e).
+                with keras.StatelessScope(
+                    state_mapping=list(state) + list(fixed), collect_losses=True
+                ):
                     loss, y_pred = self._forward(x, y, sample_weight)
             scaled = self.optimizer.scale_loss(loss)
         return loss, y_pred, tape.gradient(scaled, watched)
@@ -772,6 +850,17 @@ class SSAMModel(keras.Model):
         for i, v in enumerate(self._rng_states()):
             if f"rng_{i}" in keys:
                 v.assign(store[f"rng_{i}"])
+        self._refresh_support()
+
+    def load_weights(self, filepath, *args, **kwargs):
+        super().load_weights(filepath, *args, **kwargs)
+        if self.built:
+            self._refresh_support()
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        if self.built:
+            self._refresh_support()
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         # Keras keeps the masks in a list that `tf.train.Checkpoint` does not
@@ -854,15 +943,20 @@ class _NonFiniteMonitor(keras.callbacks.Callback):
 
 
 class _SupportGuard(keras.callbacks.Callback):
-    """Re-derives the support before the first step, once every callback ran.
+    """Re-derives the support at each epoch and before the first step.
 
     `BackupAndRestore` restores masks in `on_train_begin` and a mask callback
     sets the first mask at the first batch, both after `fit()` traced the
-    step: a support left stale could leave perturbed entries out of `e`.
+    step; a callback may also load masks during `fit()`. A support left stale
+    could leave perturbed entries out of `e` (the step would then stop with
+    an error; this keeps it from getting there).
     """
 
     def on_train_begin(self, logs=None):
         self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model._refresh_support()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._first:

@@ -85,30 +85,38 @@ def first_pass_at_cut(plan, x, loss_fn):
     Args:
         plan: A `Plan` with a cut.
         x: The (sub-)batch inputs.
-        loss_fn: `y_pred -> (loss, loss-scaled loss)`.
+        loss_fn: `(y_pred, extra) -> (loss, loss-scaled loss)`, where `extra`
+            is a list of further `add_loss` terms to add to the model's loss.
 
     Returns:
-        `(loss, y_pred, scaled_loss, tape, cut_activation)`.
+        `(loss, y_pred, scaled_loss, tape, cut_activation, lower_losses)`;
+        `lower_losses` are the `add_loss` terms (activity regularizers
+        included) of the layers below the cut, recorded on `tape`.
     """
     with tf.GradientTape(persistent=True) as tape:
         cut = plan.lower(x, training=True)
+        lower_losses = added_losses(plan.lower)
         y_pred = plan.upper(cut, training=True)
-        loss, scaled = loss_fn(y_pred)
-    return loss, y_pred, scaled, tape, cut
+        # The model's `losses` still hold the lower layers' terms here.
+        loss, scaled = loss_fn(y_pred, ())
+    return loss, y_pred, scaled, tape, cut, lower_losses
 
 
-def second_pass_from_cut(plan, tape, cut, loss_fn, state, fixed):
+def second_pass_from_cut(plan, tape, cut, lower_losses, loss_fn, state, fixed):
     """Pass 2 above the cut only; the lower gradients through pass 1's tape.
 
     Below the cut nothing is perturbed, so pass 1's activation `cut` is the
     activation at `w + e` too, and `dL(w+e)/dw_lower` is the chain rule
-    `dcut/dw_lower . dL(w+e)/dcut`.
+    `dcut/dw_lower . dL(w+e)/dcut`, plus the gradient of the lower layers'
+    own `add_loss` terms, which are the same at `w + e` as at `w`.
 
     Args:
         plan: The `Plan` whose cut made `cut`.
         tape: Pass 1's persistent tape (released here).
         cut: Pass 1's activation at the cut.
-        loss_fn: `y_pred -> (loss, loss-scaled loss)`.
+        lower_losses: Pass 1's `add_loss` terms below the cut.
+        loss_fn: `(y_pred, extra) -> (loss, loss-scaled loss)`; with
+            `y_pred=None` the loss is the sum of the `extra` terms alone.
         state: `(variable, value)` for every trainable variable: `w + e` on
             the support, `w` elsewhere.
         fixed: Further `(variable, value)` pairs (seed states) for the scope.
@@ -120,18 +128,44 @@ def second_pass_from_cut(plan, tape, cut, loss_fn, state, fixed):
     with tf.GradientTape() as tape2:
         tape2.watch(watched)
         tape2.watch(cut)
-        with keras.StatelessScope(state_mapping=list(state) + list(fixed)):
-            loss2, scaled = loss_fn(plan.upper(cut, training=True))
+        # Layers' `add_loss` terms above the cut are collected in the scope;
+        # those below the cut come from pass 1 (their tape is pass 1's).
+        with keras.StatelessScope(state_mapping=list(state) + list(fixed), collect_losses=True):
+            loss2, scaled = loss_fn(plan.upper(cut, training=True), lower_losses)
     *grads, upstream = tape2.gradient(scaled, watched + [cut])
     lower = {id(v) for v in plan.lower.weights}
     indices = [i for i, (v, _) in enumerate(state) if id(v) in lower]
-    chain = tape.gradient(cut, [state[i][0] for i in indices], output_gradients=upstream)
+    sources = [state[i][0] for i in indices]
+    chain = tape.gradient(cut, sources, output_gradients=upstream)
+    if lower_losses:
+        with tape:  # resumes recording: the scaled sum must be on pass 1's tape
+            _, scaled_lower = loss_fn(None, lower_losses)
+        own = tape.gradient(scaled_lower, sources)
+        chain = [_add(a, b) for a, b in zip(chain, own)]
     del tape
     for i, g in zip(indices, chain):
         # Weight regularizers of the lower layers reach grads[i] directly.
         if g is not None:
             grads[i] = g if grads[i] is None else grads[i] + g
     return loss2, grads
+
+
+def added_losses(model):
+    """The `add_loss` terms (activity regularizers included) of `model`'s last call.
+
+    Keras' public `Layer.losses` lists these first, then one weight
+    regularization term per trainable weight with a regularizer; there is no
+    public accessor for the first part alone, so the second is counted off.
+    """
+    regularized = sum(1 for v in model.trainable_weights if v.regularizer is not None)
+    losses = list(model.losses)
+    return losses[: len(losses) - regularized]
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def find_cut(model, perturbed, variables):
@@ -158,18 +192,34 @@ def find_cut(model, perturbed, variables):
             continue
         try:
             h = layer.output
-            upper = keras.Model(h, model.outputs[0])
-            lower = keras.Model(model.inputs[0], h)
-        except (ValueError, AttributeError):  # not a cut, or a layer called twice
+        except (ValueError, AttributeError):  # a layer called twice
+            continue
+        if not isinstance(h, keras.KerasTensor):
+            continue  # several output tensors: not a single-tensor cut
+        try:
+            upper = keras.Model(h, _structure(model, "output"))
+            lower = keras.Model(_structure(model, "input"), h)
+        except ValueError:  # not a cut: the layers above need more than h
             continue
         up = {id(v) for v in upper.weights}
         down = {id(v) for v in lower.weights}
         if up & down or not wanted <= up or not everything <= up | down:
             continue
-        if any(getattr(ly, "activity_regularizer", None) for ly in lower.layers):
-            return None, None, "a layer below the cut has an activity regularizer"
         return lower, upper, ""
     return None, None, "no single-tensor cut below the lowest perturbed layer"
+
+
+def _structure(model, kind):
+    """The model's single input or output in the structure it was built with.
+
+    A dict or list of one keeps its structure, so the loss and metrics
+    configured for it still apply to the upper model. `Sequential` has no
+    structure of its own (and never-called `output`): its bare tensor.
+    """
+    flat = model.inputs if kind == "input" else model.outputs
+    if isinstance(model, keras.Sequential):
+        return flat[0]
+    return model.input if kind == "input" else model.output
 
 
 def _graph_layers(model):
