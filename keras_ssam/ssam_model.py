@@ -850,7 +850,6 @@ class SSAMModel(keras.Model):
         for i, v in enumerate(self._rng_states()):
             if f"rng_{i}" in keys:
                 v.assign(store[f"rng_{i}"])
-        self._refresh_support()
 
     def load_weights(self, filepath, *args, **kwargs):
         super().load_weights(filepath, *args, **kwargs)
@@ -932,7 +931,8 @@ class _NonFiniteMonitor(keras.callbacks.Callback):
         new, self._seen = count - self._seen, count
         action = "stopping training" if self.model.non_finite == "stop" else "skipped"
         warnings.warn(
-            f"SSAMModel: {new} step(s) with a non-finite loss or gradient {where}; "
+            f"SSAMModel: {new} step(s) with a non-finite loss or gradient {where} (or, "
+            "under XLA, masks changed without `refresh_support()`); "
             f"{action} with weights, masks and optimizer state unchanged "
             f"({count} such steps so far).",
             RuntimeWarning,
