@@ -16,8 +16,11 @@ B, S, C = 8, 6, 3
 BN_MOMENTUM, BN_EPS = 0.8, 1e-3
 
 
-def cnn(dropout=False, seed=0):
-    """conv-BN-relu | conv-BN-relu -> pool -> [dropout] -> dense: a cut after stage 1."""
+def cnn(dropout=False, seed=0, structure=None):
+    """conv-BN-relu | conv-BN-relu -> pool -> [dropout] -> dense: a cut after stage 1.
+
+    `structure` "dict" or "list" wraps the single output in a dict or list of one.
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((S, S, 2))
     x = inputs
@@ -30,7 +33,12 @@ def cnn(dropout=False, seed=0):
     x = keras.layers.GlobalAveragePooling2D()(x)
     if dropout:
         x = keras.layers.Dropout(0.3, seed=6, name="drop_high")(x)
-    return keras.Model(inputs, keras.layers.Dense(C, name="head")(x))
+    out = keras.layers.Dense(C, name="head")(x)
+    if structure == "dict":
+        out = {"logits": out}
+    elif structure == "list":
+        out = [out]
+    return keras.Model(inputs, out)
 
 
 def data(n=B, seed=0):
@@ -99,17 +107,21 @@ def keras_params(model):
     ]
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_structured_step_matches_tape_reference(reuse):
+@pytest.mark.parametrize(
+    "reuse,structure", [(True, None), (False, None), (True, "dict"), (True, "list")]
+)
+def test_structured_step_matches_tape_reference(reuse, structure):
+    """A single output, bare or in a dict or list of one, keeps the reused pass."""
     x, y = data()
-    inner = cnn()
+    inner = cnn(structure=structure)
     params = keras_params(inner)
     bn = {w.path: w.numpy() for w in inner.weights if "moving" in w.path}
     ssam = SSAMModel(inner, rho=0.3, norm_scope="masked", reuse_activations=reuse)
     masks = top_masks(inner)
     ssam.set_masks(masks)
-    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-    assert ssam._make_plan(ssam.trainable_variables).reuse is reuse
+    loss = {"logits": LOSS} if structure == "dict" else [LOSS] if structure == "list" else LOSS
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    assert ssam.step_plan()["reuse"] is reuse
     ssam.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
     # The reference's parameter order equals the model's trainable order here.
     want, stats = reference_step(params, x, y, masks, 0.3, 0.1)
@@ -142,7 +154,7 @@ def test_reuse_equals_recompute(case):
     if case == "splits":
         kwargs["num_batch_splits"] = 2
     runs = [_train(reuse, dropout=case == "dropout", **kwargs) for reuse in (True, False)]
-    assert runs[0]._plan.reuse and not runs[1]._plan.reuse
+    assert runs[0].step_plan()["reuse"] and not runs[1].step_plan()["reuse"]
     for a, b in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     start = cnn(dropout=case == "dropout").get_weights()
@@ -221,7 +233,7 @@ def test_step_is_retraced_only_when_the_support_changes():
     ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
     assert ssam.traces == traces
     ssam.set_masks([np.ones_like(m) for m in masks])  # support grows: stage 1 too
-    assert not ssam._plan.reuse
+    assert not ssam.step_plan()["reuse"]
     ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
     assert ssam.traces == traces + 1
 
@@ -239,7 +251,7 @@ def test_restored_masks_with_a_wider_support_are_used(tmp_path):
     dense.save_weights(path)  # all-ones masks
     ssam.load_weights(path)
     ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
-    assert len(ssam._plan.support) == len(ssam.trainable_variables)
+    assert len(ssam.step_plan()["support"]) == len(ssam.trainable_variables)
     twin = SSAMModel(cnn(), rho=0.3, norm_scope="masked")
     twin.load_weights(path)
     twin.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
@@ -270,6 +282,70 @@ def test_sequential_model_has_cuts_too():
     variables = inner.trainable_variables
     lower, upper, reason = two_pass.find_cut(inner, variables[2:], variables)
     assert reason == "" and [layer.name for layer in lower.layers][-1] == inner.layers[0].name
+
+
+def test_several_outputs_fall_back_and_say_why(caplog):
+    """Two outputs: no reused pass (a clean fallback with one log line), still exact."""
+    keras.utils.set_random_seed(0)
+    base = cnn()
+    aux = keras.layers.Dense(2, name="aux")(base.get_layer("head").input)
+    inner = keras.Model(base.inputs, [base.outputs[0], aux])
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    masks = top_masks(inner)
+    ssam.set_masks(masks)
+    plan = ssam.step_plan()
+    assert not plan["reuse"] and "several inputs or outputs" in plan["reason"]
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=[LOSS, LOSS], loss_weights=[1.0, 0.0])
+    x, y = data()
+    params = keras_params(inner)
+    with caplog.at_level(logging.WARNING, logger="keras_ssam"):
+        ssam.fit(x, (y, y % 2), batch_size=B, epochs=1, shuffle=False, verbose=0)
+    said = [r.message for r in caplog.records if "recomputed from the inputs" in r.message]
+    assert len(said) == 1 and "several inputs or outputs" in said[0]
+    # aux has weight 0 in the loss and no gradient: the rest is the one-output reference.
+    aux_masks = [m for v, m in zip(inner.trainable_variables, masks) if not v.path.startswith("aux")]
+    want, _ = reference_step(params, x, y, aux_masks, 0.3, 0.1)
+    for got, w in zip(keras_params(inner), want):
+        np.testing.assert_allclose(got, w, atol=1e-5, rtol=0)
+
+
+class TwoOutputs(keras.layers.Layer):
+    """`(2 x, x + 1)`: a layer with two output tensors."""
+
+    def call(self, x):
+        return 2.0 * x, x + 1.0
+
+
+def test_a_layer_with_two_outputs_is_not_a_cut():
+    """One of its outputs unused above: the cut is the single tensor below it."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    h = keras.layers.Dense(4, activation="relu", name="low")(inputs)
+    doubled, _ = TwoOutputs(name="two")(h)
+    inner = keras.Model(inputs, keras.layers.Dense(C, name="head")(doubled))
+    params = [v.numpy() for v in inner.trainable_variables]
+    masks = [np.zeros_like(params[0]), np.zeros_like(params[1])]
+    masks += [np.ones_like(params[2]), np.ones_like(params[3])]
+    ssam = SSAMModel(inner, rho=0.3, norm_scope="masked")
+    ssam.set_masks(masks)
+    assert ssam.step_plan()["reuse"] and ssam.step_plan()["cut"] == "low"
+    ssam.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(B, 5)).astype("float32"), rng.integers(0, C, B).astype("int32")
+    ssam.fit(x, y, batch_size=B, epochs=1, verbose=0)
+
+    def grad(p):
+        p = [tf.constant(v) for v in p]
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            logits = 2.0 * tf.nn.relu(x @ p[0] + p[1]) @ p[2] + p[3]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return [g.numpy() for g in tape.gradient(loss, p)]
+
+    e = numpy_perturbation(grad(params), masks, 0.3, norm_scope="masked")
+    g2 = grad([p + ei.astype("float32") for p, ei in zip(params, e)])
+    for got, p, g in zip(inner.trainable_variables, params, g2):
+        np.testing.assert_allclose(got.numpy(), p - 0.1 * g, atol=1e-5, rtol=0)
 
 
 class Subclassed(keras.Model):
