@@ -95,10 +95,9 @@ def run(case):
             model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=LOSS)
         if case == "structured":
             model.set_masks(structured_masks(model.model))
-        model.fit(
-            x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks
-        )
-        return {f"{case}/{v.path}/{i}": v.numpy() for i, v in enumerate(model.variables)}
+        model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        # Keyed by position and name: paths carry counters that depend on the case order.
+        return {f"{case}/{i}/{v.name}": v.numpy() for i, v in enumerate(model.variables)}
     finally:
         keras.config.set_dtype_policy("float32")
 

@@ -2,8 +2,9 @@
 
 The package is grouped by kind:
 
-- the step: `SSAMModel` (`ssam_model`), the perturbation `e` (`perturbation`) and the
-  two-pass machinery that makes structured masks cheap (`two_pass`);
+- the step: `SSAMModel` (`ssam_model`, which reads next to Algorithm 1), the perturbation
+  `e` (`perturbation`) and the step's parts (`step`: passes, plan, guard, mask state,
+  support, saving);
 - `masks`: the mask strategies (SSAM-F, SSAM-D, random, structured);
 - `schedules`: rho schedules;
 - `analysis`: flatness measurements (Hessian, landscape, gradient difference) and plots;
@@ -48,6 +49,7 @@ _MOVED = {
     "models": "keras_ssam.experiments.models",
     "mask_ops": "keras_ssam.masks.mask_ops",
     "plots": "keras_ssam.analysis.plots",
+    "two_pass": "keras_ssam.step.plan",
 }
 
 

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from reference import numpy_perturbation
 
-from keras_ssam import SSAMModel, StructuredFisherMask, two_pass
+from keras_ssam import SSAMModel, StructuredFisherMask
 from keras_ssam.masks import mask_distribution
+from keras_ssam.step import plan as two_pass
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 B, S, C = 8, 6, 3
@@ -303,7 +304,9 @@ def test_several_outputs_fall_back_and_say_why(caplog):
     said = [r.message for r in caplog.records if "recomputed from the inputs" in r.message]
     assert len(said) == 1 and "several inputs or outputs" in said[0]
     # aux has weight 0 in the loss and no gradient: the rest is the one-output reference.
-    aux_masks = [m for v, m in zip(inner.trainable_variables, masks) if not v.path.startswith("aux")]
+    aux_masks = [
+        m for v, m in zip(inner.trainable_variables, masks) if not v.path.startswith("aux")
+    ]
     want, _ = reference_step(params, x, y, aux_masks, 0.3, 0.1)
     for got, w in zip(keras_params(inner), want):
         np.testing.assert_allclose(got, w, atol=1e-5, rtol=0)

@@ -602,7 +602,7 @@ def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=5
         epsilon: Float added to the norms in both divisions. Defaults to
             `1e-12`.
     """
-    from keras_ssam.ssam_model import check_rho
+    from keras_ssam.step.arguments import check_rho
 
     rho = check_rho(rho)
     objective = _Objective(model, data, loss, batch_size)

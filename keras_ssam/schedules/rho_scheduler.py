@@ -5,7 +5,7 @@ import numbers
 
 import keras
 
-from keras_ssam.ssam_model import check_rho
+from keras_ssam.step.arguments import check_rho
 
 
 def _is_registered_function(fn):

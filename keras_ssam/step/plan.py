@@ -1,4 +1,4 @@
-"""The two-pass machinery behind `SSAMModel`: the mask's support, pruning and reuse.
+"""How a step is cut: the mask's support, the pruned first pass and the reused second pass.
 
 An entry-wise mask leaves both SAM passes dense. Structure in the mask is what
 makes a step cheaper, in two exact ways:
@@ -18,14 +18,14 @@ makes a step cheaper, in two exact ways:
   rule through the first pass's tape, `d L(w + e) / d h` being the upstream
   gradient.
 
-This module finds the support and the cut; `SSAMModel` runs the passes.
+This module finds the support and the cut; `keras_ssam.step.passes` runs the
+passes.
 """
 
 import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,95 +77,6 @@ def plan_step(model, variables, support, reuse=True):
         return Plan(support, reason="the mask is empty")
     lower, upper, reason = find_cut(model, [variables[i] for i in support], variables)
     return Plan(support, lower, upper, reason)
-
-
-def first_pass_at_cut(plan, x, loss_fn):
-    """Pass 1 as `upper(lower(x))` on a persistent tape, kept for the chain rule.
-
-    Args:
-        plan: A `Plan` with a cut.
-        x: The (sub-)batch inputs.
-        loss_fn: `(y_pred, extra) -> (loss, loss-scaled loss)`, where `extra`
-            is a list of further `add_loss` terms to add to the model's loss.
-
-    Returns:
-        `(loss, y_pred, scaled_loss, tape, cut_activation, lower_losses)`;
-        `lower_losses` are the `add_loss` terms (activity regularizers
-        included) of the layers below the cut, recorded on `tape`.
-    """
-    with tf.GradientTape(persistent=True) as tape:
-        cut = plan.lower(x, training=True)
-        lower_losses = added_losses(plan.lower)
-        y_pred = plan.upper(cut, training=True)
-        # The model's `losses` still hold the lower layers' terms here.
-        loss, scaled = loss_fn(y_pred, ())
-    return loss, y_pred, scaled, tape, cut, lower_losses
-
-
-def second_pass_from_cut(plan, tape, cut, lower_losses, loss_fn, state, fixed):
-    """Pass 2 above the cut only; the lower gradients through pass 1's tape.
-
-    Below the cut nothing is perturbed, so pass 1's activation `cut` is the
-    activation at `w + e` too, and `dL(w+e)/dw_lower` is the chain rule
-    `dcut/dw_lower . dL(w+e)/dcut`, plus the gradient of the lower layers'
-    own `add_loss` terms, which are the same at `w + e` as at `w`.
-
-    Args:
-        plan: The `Plan` whose cut made `cut`.
-        tape: Pass 1's persistent tape (released here).
-        cut: Pass 1's activation at the cut.
-        lower_losses: Pass 1's `add_loss` terms below the cut.
-        loss_fn: `(y_pred, extra) -> (loss, loss-scaled loss)`; with
-            `y_pred=None` the loss is the sum of the `extra` terms alone.
-        state: `(variable, value)` for every trainable variable: `w + e` on
-            the support, `w` elsewhere.
-        fixed: Further `(variable, value)` pairs (seed states) for the scope.
-
-    Returns:
-        `(loss at w + e, loss-scaled gradients in the order of state)`.
-    """
-    watched = [value for _, value in state]
-    with tf.GradientTape() as tape2:
-        tape2.watch(watched)
-        tape2.watch(cut)
-        # Layers' `add_loss` terms above the cut are collected in the scope;
-        # those below the cut come from pass 1 (their tape is pass 1's).
-        with keras.StatelessScope(state_mapping=list(state) + list(fixed), collect_losses=True):
-            loss2, scaled = loss_fn(plan.upper(cut, training=True), lower_losses)
-    *grads, upstream = tape2.gradient(scaled, watched + [cut])
-    lower = {id(v) for v in plan.lower.weights}
-    indices = [i for i, (v, _) in enumerate(state) if id(v) in lower]
-    sources = [state[i][0] for i in indices]
-    chain = tape.gradient(cut, sources, output_gradients=upstream)
-    if lower_losses:
-        with tape:  # resumes recording: the scaled sum must be on pass 1's tape
-            _, scaled_lower = loss_fn(None, lower_losses)
-        own = tape.gradient(scaled_lower, sources)
-        chain = [_add(a, b) for a, b in zip(chain, own)]
-    del tape
-    for i, g in zip(indices, chain):
-        # Weight regularizers of the lower layers reach grads[i] directly.
-        if g is not None:
-            grads[i] = g if grads[i] is None else grads[i] + g
-    return loss2, grads
-
-
-def added_losses(model):
-    """The `add_loss` terms (activity regularizers included) of `model`'s last call.
-
-    Keras' public `Layer.losses` lists these first, then one weight
-    regularization term per trainable weight with a regularizer; there is no
-    public accessor for the first part alone, so the second is counted off.
-    """
-    regularized = sum(1 for v in model.trainable_weights if v.regularizer is not None)
-    losses = list(model.losses)
-    return losses[: len(losses) - regularized]
-
-
-def _add(a, b):
-    if a is None:
-        return b
-    return a if b is None else a + b
 
 
 def find_cut(model, perturbed, variables):
