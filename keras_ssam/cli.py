@@ -3,8 +3,9 @@
 Defaults follow the paper and its official code per (dataset, model), see
 `PRESETS` and `MODEL_PRESETS`: CIFAR batch 128, 200 epochs, lr 0.05 cosine,
 momentum 0.9, weight decay 5e-4 (SGD) / 1e-3 (SAM, SSAM), rho 0.1 (CIFAR-10) /
-0.2 (CIFAR-100), Fisher samples 16, crop + flip + Cutout; ImageNet batch 256,
-lr 0.1, weight decay 1e-4, rho 0.07, Fisher samples 128, random-resized crops.
+0.2 (CIFAR-100), Fisher samples 16, crop + flip + Cutout (VGG11-BN on CIFAR-10:
+lr 0.1, from the official VGG runs); ImageNet batch 256, lr 0.1, weight decay
+1e-4, rho 0.07, Fisher samples 128, random-resized crops.
 Weight decay is PyTorch's coupled L2 (`SSAMModel(coupled_weight_decay=...)`)
 by default, as the paper's numbers were tuned for it. A `folder:` dataset of
 ImageNet-size images gets the ImageNet preset. The offline default, `digits`,
@@ -18,6 +19,8 @@ import sys
 import time
 
 OPTIMIZERS = ("sgd", "sam", "ssam-f", "ssam-d", "ssam-random")
+METHODS = ("lanczos", "power")  # keras_ssam.analysis.hessian_eigenvalues(method=)
+HVP_MODES = ("forward", "reverse")  # keras_ssam.analysis.HVP_MODES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 _CIFAR = dict(
@@ -57,12 +60,27 @@ PRESETS = {
         num_samples=128,
     ),
 }
-# (preset, model) -> values that differ from the dataset's preset. VGG11-BN on
-# CIFAR-10: rho 0.1 as in the official release's own VGG runs
-# (configs/train.sh of github Mi-Peng/Sparse-Sharpness-Aware-Minimization at
-# 2d17866: `--model vgg11_bn --dataset CIFAR10_cutout --rho 0.1`).
+# (preset, model) -> values that differ from the dataset's preset.
+#
+# VGG11-BN on CIFAR-10: the official release's own VGG runs, configs/train.sh of
+# github Mi-Peng/Sparse-Sharpness-Aware-Minimization at 2d17866 (the file was
+# deleted in 76974fd), its first run (the others differ in --sparsity, and in
+# the swept values below):
+VGG11_BN_CIFAR10_COMMAND = (
+    "python train.py --sparsity 0.9 --update_freq $update_freq --num_samples $num_samples "
+    "--dataset CIFAR10_cutout --seed $seed --lr 0.1 --weight_decay 1e-3 --model $model "
+    "--opt ssamf-sgd --rho 0.1 --wandb --output_dir logs/${model}_${data}"
+)
+# (model=vgg11_bn, sparsity 0.9/0.95/0.98/0.99, update_freq 1/5, num_samples
+# 128/1024). Taken from it: lr 0.1, weight decay 1e-3 (SAM and SSAM), rho 0.1,
+# Cutout (CIFAR10_cutout). What it leaves to configs/defaulf_cfg.py, as the CIFAR
+# preset: 200 epochs, batch 128, momentum 0.9, cosine schedule. What it sweeps
+# keeps the values of the official README's CIFAR SSAM-F command (`--sparsity 0.5
+# --num_samples 16 --update_freq 1`): --sparsity 0.5, 16 Fisher samples,
+# --update-interval 1. The SGD baseline's weight decay (not in the command) stays
+# that of the official README's SGD command, 5e-4.
 MODEL_PRESETS = {
-    ("cifar10", "vgg11_bn"): dict(rho=0.1),
+    ("cifar10", "vgg11_bn"): dict(lr=0.1, rho=0.1, wd_sam=1e-3, cutout=True),
 }
 
 
@@ -416,6 +434,10 @@ def analyze(args):
         _fail("choose at least one of --hessian, --landscape, --grad-diff.")
     if args.split not in ("train", "test"):
         _fail(f"--split must be train or test; received {args.split!r}.")
+    if args.method not in METHODS:
+        _fail(f"--method must be one of {', '.join(METHODS)}; received {args.method!r}.")
+    if args.hvp_mode not in HVP_MODES:
+        _fail(f"--hvp-mode must be one of {', '.join(HVP_MODES)}; received {args.hvp_mode!r}.")
     if not os.path.isfile(args.model):
         _fail(f"no model file at {args.model!r}.")
     import keras

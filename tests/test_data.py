@@ -1,5 +1,6 @@
 """The CLI's input pipelines against NumPy references of the official recipe."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -213,3 +214,45 @@ def test_imagenet_size_folder_stream_advances_each_epoch(tmp_path):
     info.follow.assign(1)
     info.epoch.assign(1)
     np.testing.assert_array_equal(second, np.concatenate([b[0].numpy() for b in train]))
+
+
+def _read(stream):
+    batches = [(x.numpy(), y.numpy()) for x, y in stream]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def _by_content(images, labels):
+    """`(label, digest of the pixels)` of every image, sorted."""
+    return sorted((int(y), hashlib.sha1(x.tobytes()).hexdigest()) for x, y in zip(images, labels))
+
+
+def test_large_tfds_training_stream_honours_augment_false():
+    # The stream `keras-ssam analyze --dataset imagenet2012 --split train` reads.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    n = 6
+
+    def load(augment):
+        return data.load("imagenet2012", batch_size=4, train_limit=n, test_limit=n,
+                         augment=augment, drop_remainder=False)[0]  # fmt: skip
+
+    with tfds.testing.mock_data(num_examples=n):
+        raw = tfds.load("imagenet2012", split="train", as_supervised=True)
+        # The deterministic evaluation preprocessing (resize 256, center crop 224).
+        reference = _by_content(*_read(data._large_test(raw, 4)))
+        assert len(reference) == n and len({b for _, b in reference}) == n
+        train = load(augment=False)
+        first, second = _read(train), _read(train)  # two epochs
+        assert first[0].shape == (n, 224, 224, 3)
+        # Every training image once, as the evaluation sees it ...
+        assert _by_content(*first) == reference
+        # ... and the same on every pass, in the same order (each pass of an
+        # analysis, e.g. every Hessian-vector product, sees the same examples).
+        np.testing.assert_array_equal(first[0], second[0])
+        np.testing.assert_array_equal(first[1], second[1])
+
+        train = load(augment=True)
+        first, second = _read(train), _read(train)
+        assert _by_content(*first) != _by_content(*second)  # new crops each epoch
+        plain = {digest for _, digest in reference}
+        shown = _by_content(*first) + _by_content(*second)
+        assert not any(digest in plain for _, digest in shown)

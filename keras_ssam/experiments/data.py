@@ -6,7 +6,7 @@ with 4 pixels of zero padding, horizontal flip, and Cutout (DeVries & Taylor
 2017; `Cutout(size=16, p=0.5)` of the official code: a 16x16 square, clipped
 at the border, in about half of the images). Larger images (ImageNet) are
 streamed from disk with random resized crops to 224 and a flip for training
-and resize-256/center-224 for testing.
+and resize-256/center-224 for testing (and for training with `augment=False`).
 
 Crop and flip are Keras' own layers (`RandomTranslation`, `RandomFlip`) run
 inside `tf.data`; folders are listed by `keras.utils.image_dataset_from_directory`
@@ -117,7 +117,9 @@ def load(
         data_dir: tensorflow-datasets data directory. Defaults to `None`.
         batch_size: Batch size of both pipelines. Defaults to `128`.
         seed: Seed of the order and the augmentation. Defaults to `0`.
-        augment: Crop and flip the training images. Defaults to `True`.
+        augment: Crop and flip the training images. Without it, large
+            training images get the test preprocessing (resize 256, center
+            crop 224). Defaults to `True`.
         cutout: Also apply Cutout (small images only). Defaults to `True`.
         train_limit: Use a seeded subset of this many training examples.
             Defaults to `None` (all).
@@ -557,10 +559,28 @@ def _tfds(name, data_dir, train_limit, test_limit, **options):
         large=True,
     )
     info.steps_per_epoch = _steps(info, options["batch_size"], options["drop_remainder"])
-    # Too large to index: a reshuffling buffer (not resumable bitwise).
-    train = train.shuffle(min(count, 10_000), seed=seed, reshuffle_each_iteration=True)
+    train = _large_train_stream(train, min(count, 10_000), **options)
+    return train, _large_test(test, options["batch_size"]), info
+
+
+def _large_train_stream(examples, buffer_size, batch_size, seed, augment, cutout, drop_remainder):
+    """The training stream of a tfds dataset too large to index.
+
+    A shuffling buffer seeded by `seed` gives the order. With `augment`, it
+    reshuffles on every pass and each image gets a random resized crop and a
+    flip (not resumable bitwise). Without it, every pass reads the same
+    examples in the same order (what an analysis needs: each of its passes,
+    e.g. every Hessian-vector product, sees the same examples), and each
+    image gets the test preprocessing (resize 256, center crop 224).
+    """
+    examples = examples.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=augment)
+    if not augment:
+        examples = examples.map(
+            lambda x, y: (_center_crop(x), y), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
+        return examples.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=seed + 17, rerandomize_each_iteration=True)
-    train = tf.data.Dataset.zip((train, seeds.batch(2))).map(
+    examples = tf.data.Dataset.zip((examples, seeds.batch(2))).map(
         lambda xy, s: (_random_resized_crop(xy[0], s), xy[1]),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
@@ -568,9 +588,8 @@ def _tfds(name, data_dir, train_limit, test_limit, **options):
     import keras
 
     flip = keras.layers.RandomFlip("horizontal", seed=seed + 1, dtype="float32")
-    train = train.batch(options["batch_size"], drop_remainder=options["drop_remainder"])
-    train = train.map(lambda x, y: (flip(x, training=True), y)).prefetch(AUTOTUNE)
-    return train, _large_test(test, options["batch_size"]), info
+    examples = examples.batch(batch_size, drop_remainder=drop_remainder)
+    return examples.map(lambda x, y: (flip(x, training=True), y)).prefetch(AUTOTUNE)
 
 
 def _to_arrays(data, shape):
