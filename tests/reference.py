@@ -1,7 +1,51 @@
-"""Independent references: the SSAM step written out with NumPy and a bare tape."""
+"""The toy problem the step tests share, and its independent references.
 
+`make_data`, `make_params`, `make_mlp` and `random_masks` build a small MLP
+problem; the references write the SSAM step on it out with NumPy and a bare
+tape.
+"""
+
+import keras
 import numpy as np
 import tensorflow as tf
+
+D, H, C, N = 5, 7, 3, 24
+
+
+def make_data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, D)).astype("float32")
+    y = rng.integers(0, C, size=N).astype("int32")
+    return x, y
+
+
+def make_params(seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(scale=0.5, size=(D, H)).astype("float32"),
+        rng.normal(scale=0.1, size=(H,)).astype("float32"),
+        rng.normal(scale=0.5, size=(H, C)).astype("float32"),
+        rng.normal(scale=0.1, size=(C,)).astype("float32"),
+    ]
+
+
+def make_mlp(params, l2=0.0):
+    """The Keras model of `mlp_loss`: Dense(H, relu), Dense(C), weights `params`."""
+    reg = keras.regularizers.L2(l2) if l2 else None
+    model = keras.Sequential(
+        [
+            keras.Input((D,)),
+            keras.layers.Dense(H, activation="relu", kernel_regularizer=reg),
+            keras.layers.Dense(C, kernel_regularizer=reg),
+        ]
+    )
+    model.set_weights(params)
+    return model
+
+
+def random_masks(params, density=0.5, seed=2):
+    rng = np.random.default_rng(seed)
+    return [(rng.random(p.shape) < density).astype("float32") for p in params]
 
 
 def numpy_perturbation(

@@ -1,11 +1,11 @@
 """benchmarks/evidence.py end to end on a handful of images.
 
-Checks that the JSON is the run the command line asked for, recomputes what can
-be recomputed independently (accuracies are whole counts of the evaluated
-images, paired differences and step-time ratios come from the per-seed values,
-the label-noise folder holds the requested fraction of wrong labels, the
-structured mask's density), and that a second invocation resumes instead of
-re-running. The numbers themselves are measured in docs/EVIDENCE.md, not here.
+Checks that the JSON is the run the command line asked for (every requested
+image evaluated), recomputes what can be recomputed independently (paired
+differences and step-time ratios come from the per-seed values, the label-noise
+folder holds the requested fraction of wrong labels, the structured mask's
+density), and that a second invocation resumes instead of re-running. The
+numbers themselves are measured in docs/EVIDENCE.md, not here.
 """
 
 import json
@@ -57,11 +57,8 @@ def test_evidence_quick_run_records_what_was_asked_and_resumes(tmp_path):
     assert sorted(runs) == sorted((m, s) for m in METHODS for s in range(2))
 
     for r in runs.values():
-        # Accuracies are whole counts over the images actually evaluated.
+        # Accuracies are over the requested images, every one evaluated.
         assert r["test_count"] == 60 and r["train_count"] == 160
-        assert r["test_accuracy"] * 60 == pytest.approx(r["test_correct"])
-        assert r["train_accuracy"] * 160 == pytest.approx(r["train_correct"])
-        assert 0 <= r["test_correct"] <= 60 and 0 <= r["train_correct"] <= 160
         assert [p["epoch"] for p in r["curve"]] == [1]
         c = r["curve"][0]["curve_test_accuracy"] * 30
         assert c == pytest.approx(round(c))

@@ -1,6 +1,7 @@
 """Mask strategies against NumPy, hand-computed and per-example-loop references."""
 
 import inspect
+import time
 
 import keras
 import numpy as np
@@ -159,16 +160,25 @@ def test_fisher_training_mode_draws_dropout_per_example():
 def test_fisher_callback_sets_mask_before_first_step_and_each_epoch():
     x, y = data()
     model = compiled()
-    seen = []
+    seen, begin, end = [], [], []
     probe = keras.callbacks.LambdaCallback(
         on_train_batch_begin=lambda b, logs: seen.append(model.mask_density())
     )
+    # Listed first, so each epoch's window holds the mask update of that epoch's begin.
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: begin.append(time.perf_counter()),
+        on_epoch_end=lambda e, logs: end.append(time.perf_counter()),
+    )
     callback = FisherMask(x, y, num_samples=16, sparsity=0.5)
-    history = model.fit(x, y, batch_size=20, epochs=3, verbose=0, callbacks=[callback, probe])
+    history = model.fit(
+        x, y, batch_size=20, epochs=3, verbose=0, callbacks=[clock, callback, probe]
+    )
     np.testing.assert_allclose(seen, 50 / N_ENTRIES, rtol=1e-6)  # k = round(49.5) = 50
     assert [h["index"] for h in callback.history] == [0, 1, 2]
     assert history.history["mask_changed"][0] == N_ENTRIES - 50
-    assert all(s >= 0 for s in history.history["mask_seconds"])
+    # One update per epoch: its time is positive and within the epoch.
+    for seconds, a, b in zip(history.history["mask_seconds"], begin, end, strict=True):
+        assert 0 < seconds <= b - a
 
 
 def class_sorted(n_per_class=1000, classes=3):
@@ -642,8 +652,12 @@ class TestBadArguments:
         x, y = data()
         with pytest.raises(ValueError, match="num_samples=0"):
             FisherMask(x, y, num_samples=0)
+        with pytest.raises(ValueError, match="chunk_size=0"):
+            FisherMask(x, y, chunk_size=0)
         with pytest.raises(ValueError, match="update_interval=0"):
             DynamicMask(update_interval=0)
+        with pytest.raises(ValueError, match="total_steps=0"):
+            DynamicMask(total_steps=0)
         with pytest.raises(ValueError, match="update_unit='batch'"):
             DynamicMask(update_unit="batch")
         with pytest.raises(TypeError, match="training='train'"):

@@ -5,8 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from reference import mlp_grad, numpy_perturbation
-from test_step import N, make_data, make_mlp, make_params
+from reference import N, make_data, make_mlp, make_params, mlp_grad, numpy_perturbation
 
 from keras_ssam import LinkedRhoScheduler, RhoScheduler, SSAMModel
 

@@ -8,7 +8,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from test_step import make_data, make_mlp, make_params
+from reference import make_data, make_mlp, make_params
 
 from keras_ssam import SSAMModel
 

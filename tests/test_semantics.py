@@ -7,8 +7,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import mlp_grad, numpy_perturbation, reference_sgd_step
-from test_step import C, D, N, make_data, make_mlp, make_params, random_masks
+from reference import (
+    C,
+    D,
+    N,
+    make_data,
+    make_mlp,
+    make_params,
+    mlp_grad,
+    numpy_perturbation,
+    random_masks,
+    reference_sgd_step,
+)
 
 from keras_ssam import SSAMModel, sparse_perturbation
 

@@ -8,8 +8,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from reference import reference_sgd_step
-from test_step import C, D, N, make_data, make_mlp, make_params, random_masks
+from reference import C, D, H, N, make_data, make_mlp, make_params, random_masks, reference_sgd_step
 
 from keras_ssam import SSAMModel
 
@@ -137,23 +136,26 @@ def test_weights_file_and_model_checkpoint_carry_masks(tmp_path):
     model, x, y = _trained_model(tmp_path)
     path = str(tmp_path / "m.weights.h5")
     model.save_weights(path)
+    at_save = [w.copy() for w in model.get_weights()]
     fresh = SSAMModel(make_mlp(make_params(9)))
     fresh.load_weights(path)
     ckpt = str(tmp_path / "best.keras")
     model.fit(x, y, epochs=1, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(ckpt)])
     from_callback = keras.models.load_model(ckpt)
-    for other, ref in ((fresh, None), (from_callback, model)):
-        ref = ref or model
+    # Each copy holds the state of its own moment: the weights file that of the
+    # save, the checkpoint that after the further epoch (which moved the weights).
+    assert max(np.abs(a - b).max() for a, b in zip(at_save, model.get_weights())) > 1e-4
+    for other, weights in ((fresh, at_save), (from_callback, model.get_weights())):
         for a, b in zip(model.masks, other.masks):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
         assert other.rho == model.rho
-    for a, b in zip(model.get_weights(), from_callback.get_weights()):
-        np.testing.assert_array_equal(a, b)
+        for a, b in zip(weights, other.get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_inputs_outputs_constructor_builds_a_functional_inner_model():
     inputs = keras.Input((D,))
-    outputs = keras.layers.Dense(C)(keras.layers.Dense(H := 7, activation="relu")(inputs))
+    outputs = keras.layers.Dense(C)(keras.layers.Dense(H, activation="relu")(inputs))
     model = SSAMModel(inputs=inputs, outputs=outputs, rho=0.3)
     params = make_params()
     model.model.set_weights(params)
@@ -163,7 +165,6 @@ def test_inputs_outputs_constructor_builds_a_functional_inner_model():
     expected, *_ = reference_sgd_step(
         params, x, y, [np.ones_like(p) for p in params], rho=0.3, lr=0.1
     )
-    assert H == 7
     for got, want in zip(model.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
 
@@ -213,15 +214,15 @@ def test_wraps_every_model_kind_zero_mask_equals_plain(kind):
     tol = 1e-4 if kind == "applications" else 1e-6
     for a, b in zip(plain.get_weights(), inner.get_weights()):
         np.testing.assert_allclose(a, b, atol=tol, rtol=tol)
-    # A dense mask with the same rho moves the weights elsewhere.
+    # A dense mask with the same rho moves the weights elsewhere, by far more than
+    # float noise does. Measured with e forced to 0 (plain SGD), that noise is 0 for the
+    # small models but grows to 3e-2 in MobileNetV2 in one step; the dense step moves
+    # them by 5e-3 to 2e-2 and MobileNetV2 by 4.6.
     ssam.set_masks([np.ones(m.shape) for m in ssam.masks])
-    before = [w.copy() for w in inner.get_weights()]
     plain.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
     ssam.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
     moved = [np.abs(a - b).max() for a, b in zip(plain.get_weights(), inner.get_weights())]
-    assert max(moved) > 1e-6 and any(
-        np.abs(a - b).max() > 0 for a, b in zip(before, inner.get_weights())
-    )
+    assert max(moved) > (0.5 if kind == "applications" else 1e-3), max(moved)
 
 
 def test_export_serves_inner_model_without_keras_ssam(tmp_path):

@@ -4,46 +4,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import numpy_perturbation, reference_sgd_step
+from reference import (
+    N,
+    make_data,
+    make_mlp,
+    make_params,
+    numpy_perturbation,
+    random_masks,
+    reference_sgd_step,
+)
 
 from keras_ssam import SSAMModel, sparse_perturbation
-
-D, H, C, N = 5, 7, 3, 24
-
-
-def make_data(seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(N, D)).astype("float32")
-    y = rng.integers(0, C, size=N).astype("int32")
-    return x, y
-
-
-def make_params(seed=1):
-    rng = np.random.default_rng(seed)
-    return [
-        rng.normal(scale=0.5, size=(D, H)).astype("float32"),
-        rng.normal(scale=0.1, size=(H,)).astype("float32"),
-        rng.normal(scale=0.5, size=(H, C)).astype("float32"),
-        rng.normal(scale=0.1, size=(C,)).astype("float32"),
-    ]
-
-
-def make_mlp(params, l2=0.0):
-    reg = keras.regularizers.L2(l2) if l2 else None
-    model = keras.Sequential(
-        [
-            keras.Input((D,)),
-            keras.layers.Dense(H, activation="relu", kernel_regularizer=reg),
-            keras.layers.Dense(C, kernel_regularizer=reg),
-        ]
-    )
-    model.set_weights(params)
-    return model
-
-
-def random_masks(params, density=0.5, seed=2):
-    rng = np.random.default_rng(seed)
-    return [(rng.random(p.shape) < density).astype("float32") for p in params]
 
 
 def fit_one_step(model, x, y, lr=0.1, **fit_kwargs):
@@ -143,7 +114,6 @@ def test_degenerate_cases_equal_base_optimizer(case, optimizer_fn):
     # The unperturbed pass feeds the logs: identical to the plain model's.
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-6)
-    np.testing.assert_allclose(logs[1]["sharpness"], 0.0, atol=1e-7)
 
 
 @pytest.mark.parametrize(
