@@ -9,6 +9,12 @@ cosine lr from 0.05, decoupled weight decay 5e-4 (SGD) / 1e-3 (SAM, SSAM), crop 
 flip + Cutout, the same rho for every SAM-type run, >= 3 seeds. Test accuracy on
 all 10,000 test images at the end; a 1,000-image test subset every few epochs
 for the curves. Writes a JSON of every run and, with --plots, PNG figures.
+
+Every run is built by the shared recipes (`keras_ssam.experiments.recipes`) with
+`weight_decay_mode="decoupled"`, this script's decay since its first records
+(the CLI and `evidence.py` use coupled decay). Since 2026-12-02 the SGD run is
+`SSAMModel(rho=0)` (one pass per step) rather than the plain model: the same
+update.
 """
 
 import argparse
@@ -24,8 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from evidence import count_correct  # noqa: E402  (a sibling script in benchmarks/)
 
-import keras_ssam  # noqa: E402
-from keras_ssam.experiments import data, models  # noqa: E402
+from keras_ssam.experiments import data, models, recipes  # noqa: E402
 
 CONFIGS = [
     ("sgd", None),
@@ -59,33 +64,30 @@ def run(root, optimizer, sparsity, seed, args):
         test_limit=args.curve_images,
         drop_remainder=False,  # only its test split is used
     )
-    model = models.proxy_cnn(10, info.input_shape, data.preprocessing_layers(info))
-    if optimizer != "sgd":
-        model = keras_ssam.SSAMModel(model, rho=args.rho)
     steps = args.epochs * info.steps_per_epoch  # full batches only (drop_last)
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(0.05, steps),
-            momentum=0.9,
-            weight_decay=5e-4 if optimizer == "sgd" else 1e-3,
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    # The shared recipe, with this script's decoupled weight decay (Keras'
+    # SGD(weight_decay=)), as its records were made.
+    recipe = recipes.build(
+        optimizer,
+        models.proxy_cnn(10, info.input_shape, data.preprocessing_layers(info)),
+        keras.optimizers.schedules.CosineDecay(0.05, steps),
+        rho=args.rho,
+        weight_decay=5e-4 if optimizer == "sgd" else 1e-3,
+        weight_decay_mode="decoupled",
+        sparsity=0.5 if sparsity is None else sparsity,
+        train_data=train,
+        num_samples=128,
+        seed=seed,
     )
-    callbacks = [data.epoch_callback(info)]
-    if optimizer == "ssam-f":
-        callbacks.append(
-            keras_ssam.FisherMask(train, num_samples=128, sparsity=sparsity, seed=seed)
-        )
-    elif optimizer == "ssam-d":
-        callbacks.append(keras_ssam.DynamicMask(sparsity, seed=seed))
+    model = recipe.compile()
+    callbacks = [data.epoch_callback(info)] + recipe.callbacks
     curve = []
 
     def record(epoch, logs):
         # Train loss/accuracy/sharpness every epoch (free: fit's own logs);
         # test accuracy on the curve subset every `curve_every` epochs.
         point = {"epoch": epoch + 1, "train_loss": logs["loss"], "train_accuracy": logs["accuracy"]}
-        if "sharpness" in logs:
+        if optimizer != "sgd":  # SGD (rho 0) takes no SAM step: no sharpness
             point["sharpness"] = logs["sharpness"]
         if (epoch + 1) % args.curve_every == 0 or epoch + 1 == args.epochs:
             point["test_accuracy"] = model.evaluate(curve_test, verbose=0, return_dict=True)[

@@ -12,13 +12,14 @@ rho 0.15 for every SAM-type row, 3 seeds; test accuracy on all 10,000 clean test
 
 Rows (`--methods`): sgd, sam, ssam-f-50, ssam-f-90, ssam-d-50, ssam-d-90, structured-50,
 structured-30 (the number is the sparsity).
-Every SAM-type row is `SSAMModel(..., coupled_weight_decay=wd)` with a plain
-`SGD(lr, momentum=0.9)` (PyTorch's coupled decay, as the official code); the SGD row
-is the plain model with the same coupled decay (`CoupledSGD`: `g + wd * w` before
-momentum, exactly `SSAMModel(rho=0, coupled_weight_decay=wd)` in one pass). The
-structured row is `StructuredFisherMask` with `norm_scope="masked"` (the only
-scope whose steps are cheaper); its support is recorded with
-`keras_ssam.masks.mask_distribution`.
+Every row is built by the shared recipes (`keras_ssam.experiments.recipes`, the
+same code the CLI uses): `SSAMModel(..., coupled_weight_decay=wd)` with a plain
+`SGD(lr, momentum=0.9)` (PyTorch's coupled decay, as the official code); the SGD
+row is `SSAMModel(rho=0)`, one pass per step. (Records made before 2026-12-02
+built the SGD row as a plain model with an optimizer adding `wd * w` to the
+gradient: the same update.) The structured row is `StructuredFisherMask` with
+`norm_scope="masked"` (the only scope whose steps are cheaper); its support is
+recorded with `keras_ssam.masks.mask_distribution`.
 
 Data: the shared CIFAR-10 image folder, extracted to `--cache`, loaded with
 `keras_ssam.data.load("folder:...")`. With `--label-noise p` a copy of the
@@ -56,6 +57,7 @@ import numpy as np  # noqa: E402
 
 import keras_ssam  # noqa: E402
 from keras_ssam import analysis, data, models  # noqa: E402
+from keras_ssam.experiments import recipes  # noqa: E402
 from keras_ssam.masks import mask_distribution  # noqa: E402
 
 METHODS = {
@@ -126,22 +128,6 @@ QUICK = dict(
     timing_steps=2,
     timing_warmup=1,
 )
-
-
-class CoupledSGD(keras.optimizers.SGD):
-    """Keras SGD with PyTorch's coupled weight decay: `g + wd * w` before momentum."""
-
-    def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.coupled_weight_decay = float(coupled_weight_decay)
-
-    def apply(self, grads, trainable_variables=None):
-        variables = trainable_variables
-        if variables is None:
-            variables = self._trainable_variables
-        wd = self.coupled_weight_decay
-        grads = [None if g is None else g + wd * v for g, v in zip(grads, variables)]
-        return super().apply(grads, trainable_variables)
 
 
 # ------------------------------------------------------------------ data
@@ -236,46 +222,45 @@ def count_correct(model, dataset):
 
 
 # ------------------------------------------------------------------ models
-def build(method, info, args, steps, train=None, seed=0):
-    """A compiled model for `method` and its mask callback (or None)."""
-    kind, sparsity = METHODS[method]
+# Evidence method kinds -> the shared recipes' method names.
+RECIPES = {
+    "sgd": "sgd",
+    "sam": "sam",
+    "fisher": "ssam-f",
+    "dynamic": "ssam-d",
+    "structured": "structured",
+}
+
+
+def recipe_for(method, sparsity, info, args, steps, train=None, seed=0):
+    """The shared recipe (`keras_ssam.experiments.recipes`) of a recipe method name."""
     base = models.build_model(
         args.model, info.num_classes, info.input_shape, data.preprocessing_layers(info)
     )
-    lr = keras.optimizers.schedules.CosineDecay(args.lr, max(steps, 1))
-    if kind == "sgd":
-        model = base
-        optimizer = CoupledSGD(lr, momentum=0.9, coupled_weight_decay=args.wd_sgd)
-    else:
-        model = keras_ssam.SSAMModel(
-            base,
-            rho=args.rho,
-            norm_scope="masked" if kind == "structured" else "all",
-            coupled_weight_decay=args.wd_sam,
-        )
-        optimizer = keras.optimizers.SGD(lr, momentum=0.9)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    return recipes.build(
+        method,
+        base,
+        keras.optimizers.schedules.CosineDecay(args.lr, max(steps, 1)),
+        rho=args.rho,
+        weight_decay=args.wd_sgd if method == "sgd" else args.wd_sam,
+        sparsity=0.5 if sparsity is None else sparsity,
+        train_data=train,
+        num_samples=args.fisher_samples,
+        seed=seed,
     )
-    callback = None
-    if kind == "fisher":
-        callback = keras_ssam.FisherMask(
-            train, num_samples=args.fisher_samples, sparsity=sparsity, seed=seed
-        )
-    elif kind == "structured":
-        callback = keras_ssam.StructuredFisherMask(
-            train, num_samples=args.fisher_samples, sparsity=sparsity, seed=seed
-        )
-    elif kind == "dynamic":
-        callback = keras_ssam.DynamicMask(sparsity, seed=seed)
-    return model, callback
+
+
+def build(method, info, args, steps, train=None, seed=0):
+    """A compiled model for an evidence `method` and its mask callback (or None)."""
+    kind, sparsity = METHODS[method]
+    recipe = recipe_for(RECIPES[kind], sparsity, info, args, steps, train, seed)
+    recipe.compile()
+    return recipe.model, (recipe.callbacks[0] if recipe.callbacks else None)
 
 
 def support(model):
-    if not isinstance(model, keras_ssam.SSAMModel):
-        return None
+    if not isinstance(model, keras_ssam.SSAMModel) or model.rho == 0:
+        return None  # SGD: nothing is perturbed
     rows = mask_distribution(model)
     total = sum(r["entries"] for r in rows)
     return {

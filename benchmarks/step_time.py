@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_ssam  # noqa: E402
-from keras_ssam.experiments import models  # noqa: E402
+from keras_ssam.experiments import models, recipes  # noqa: E402
 from keras_ssam.masks import mask_distribution  # noqa: E402
 
 STEPS_PER_CIFAR_EPOCH = 391
@@ -38,29 +38,24 @@ def configs(sparsities, kinds=KINDS):
             yield f"{names[kind]} {s}", kind, s
 
 
-def callback(kind, sparsity, x, y):
-    if kind == "fisher":
-        return keras_ssam.FisherMask(x, y, num_samples=16, sparsity=sparsity)
-    if kind == "dynamic":
-        return keras_ssam.DynamicMask(sparsity)
-    if kind == "structured":
-        return keras_ssam.StructuredFisherMask(x, y, num_samples=16, sparsity=sparsity)
-    return keras_ssam.RandomMask(sparsity)
+RECIPES = {"fisher": "ssam-f", "dynamic": "ssam-d", "random": "ssam-random"}
 
 
 def build(model_name, name, kind, sparsity, x, y):
+    """The shared recipe of a configuration, compiled, its first mask set as `fit` sets it."""
     keras.utils.set_random_seed(0)
-    model = models.build_model(model_name, 10, (32, 32, 3))
-    if name != "sgd":
-        # The structured mask saves time with the masked norm only (two_pass).
-        scope = "masked" if kind == "structured" else "all"
-        model = keras_ssam.SSAMModel(model, rho=0.1, norm_scope=scope)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    method = name if kind is None else RECIPES.get(kind, kind)
+    recipe = recipes.build(
+        method,
+        models.build_model(model_name, 10, (32, 32, 3)),
+        0.05,
+        rho=0.1,
+        sparsity=0.5 if sparsity is None else sparsity,
+        train_data=(x, y),
+        num_samples=16,
     )
-    if kind:
-        mask = callback(kind, sparsity, x, y)
+    model = recipe.compile()
+    for mask in recipe.callbacks:
         mask.set_model(model)
         mask.set_params({"epochs": 1, "steps": 1})
         mask.on_train_begin()  # SSAM-D registers its in-step update
@@ -71,13 +66,13 @@ def build(model_name, name, kind, sparsity, x, y):
 
 def support(model):
     """Where the mask's ones are: share of parameters in the support, reuse."""
-    if not isinstance(model, keras_ssam.SSAMModel):
+    if model.rho == 0:
         return ""
     rows = mask_distribution(model)
     total = sum(r["entries"] for r in rows)
     inside = sum(r["entries"] for r in rows if r["perturbed"])
     first = next((r["variable"] for r in rows if r["perturbed"]), "-")
-    reuse = model._plan is not None and model._plan.reuse
+    reuse = model.step_plan()["reuse"]
     return f"support {100 * inside / total:5.1f}% of params from {first}, reuse={reuse}"
 
 

@@ -16,6 +16,7 @@ The step imports neither masks, schedules, experiments nor the CLI.
 
 import importlib
 
+from keras_ssam.gradient_norm_trigger import GradientNormTrigger
 from keras_ssam.masks import (
     DynamicMask,
     FisherMask,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DynamicMask",
     "FisherMask",
+    "GradientNormTrigger",
     "LinkedRhoScheduler",
     "MaskCallback",
     "RandomMask",

@@ -18,7 +18,10 @@ import os
 import sys
 import time
 
-OPTIMIZERS = ("sgd", "sam", "ssam-f", "ssam-d", "ssam-random")
+# keras_ssam.experiments.recipes.METHODS (not imported here: importing the CLI
+# module must not import TensorFlow).
+OPTIMIZERS = ("sgd", "sam", "ssam-f", "ssam-d", "ssam-random", "structured")
+BETWEEN = ("sgd", "looksam")  # SSAMModel(between=)
 METHODS = ("lanczos", "power")  # keras_ssam.analysis.hessian_eigenvalues(method=)
 HVP_MODES = ("forward", "reverse")  # keras_ssam.analysis.HVP_MODES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -112,6 +115,28 @@ def build_parser():
     )
     t.add_argument("--update-interval", type=int, default=1, help="epochs per mask update")
     t.add_argument("--drop-rate", type=float, default=0.5, help="SSAM-D d0")
+    t.add_argument(
+        "--sam-interval",
+        type=int,
+        default=1,
+        help="a SAM step every N optimizer steps, one pass between (SSAMModel(interval=))",
+    )
+    t.add_argument(
+        "--between",
+        default="sgd",
+        help="what steps between SAM steps apply: sgd or looksam (needs --sam-interval > 1 "
+        "or --trigger)",
+    )
+    t.add_argument("--alpha", type=float, default=0.7, help="LookSAM's alpha")
+    t.add_argument(
+        "--trigger",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("DELTA", "LAMBDA1", "LAMBDA2"),
+        help="AE-SAM gradient-norm trigger (keras_ssam.GradientNormTrigger); T is the run's "
+        "number of steps",
+    )
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -236,7 +261,24 @@ def resolve(args):
             _fail(f"--{field.replace('_', '-')} must be >= 1; received {getattr(args, field)}.")
     if args.weight_decay < 0:
         _fail(f"--weight-decay must be >= 0; received {args.weight_decay}.")
+    _check_cheap_steps(args)
     return args
+
+
+def _check_cheap_steps(args):
+    """The cheap-step flags, checked before anything is loaded."""
+    if args.sam_interval < 1:
+        _fail(f"--sam-interval must be >= 1; received {args.sam_interval}.")
+    if args.between not in BETWEEN:
+        _fail(f"--between must be one of {', '.join(BETWEEN)}; received {args.between!r}.")
+    if args.alpha < 0:
+        _fail(f"--alpha must be >= 0; received {args.alpha}.")
+    if args.trigger is not None and args.sam_interval > 1:
+        _fail("--sam-interval and --trigger both choose the SAM steps: pass one of them.")
+    if args.between == "looksam" and args.sam_interval == 1 and args.trigger is None:
+        _fail("--between looksam needs --sam-interval > 1 or --trigger.")
+    if args.trigger is not None and not 0 < args.trigger[0] < 1:
+        _fail(f"--trigger DELTA must be in (0, 1); received {args.trigger[0]}.")
 
 
 def _backup_dir(args, strategy):
@@ -257,23 +299,6 @@ def _strategy(kind):
     if kind == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def _mask_callback(args, train):
-    import keras_ssam
-
-    common = dict(sparsity=args.sparsity, seed=args.seed)
-    if args.optimizer == "ssam-f":
-        return keras_ssam.FisherMask(
-            train, num_samples=args.num_samples, update_interval=args.update_interval, **common
-        )
-    if args.optimizer == "ssam-d":
-        return keras_ssam.DynamicMask(
-            drop_rate=args.drop_rate, update_interval=args.update_interval, **common
-        )
-    if args.optimizer == "ssam-random":
-        return keras_ssam.RandomMask(**common)
-    return None
 
 
 def _epoch_callbacks(out):
@@ -298,50 +323,48 @@ def _epoch_callbacks(out):
     ]
 
 
-def build(args, info):
-    """The compiled model of a resolved `args` for the dataset `info`.
+def build(args, info, train_data=None):
+    """The `keras_ssam.experiments.recipes.Recipe` of a resolved `args` for `info`.
 
-    Coupled weight decay (the default) goes to `SSAMModel(coupled_weight_decay=)`
-    and the optimizer gets none; the SGD baseline is then `SSAMModel` with
-    `rho=0` and an all-zero mask (one pass per step), i.e. PyTorch's SGD.
-    Decoupled decay is the optimizer's `weight_decay=`. The cosine schedule
-    spans `epochs * steps_per_epoch` steps (the training stream drops the
-    last incomplete batch).
+    The recipes are shared with the benchmarks: SGD is `SSAMModel(rho=0)` (one
+    pass per step) with the same weight decay code path as the SAM-type
+    methods. The cosine schedule spans `epochs * steps_per_epoch` steps (the
+    training stream drops the last incomplete batch).
     """
     import keras
 
     import keras_ssam
-    from keras_ssam.experiments import data, models
+    from keras_ssam.experiments import data, models, recipes
 
-    model = models.build_model(
+    base = models.build_model(
         args.model,
         info.num_classes,
         info.input_shape,
         preprocessing=data.preprocessing_layers(info),
     )
-    coupled = args.weight_decay_mode == "coupled"
-    if args.optimizer != "sgd" or coupled:
-        model = keras_ssam.SSAMModel(
-            model,
-            rho=0.0 if args.optimizer == "sgd" else args.rho,
-            adaptive=args.adaptive,
-            coupled_weight_decay=args.weight_decay if coupled else 0.0,
-        )
-        if args.optimizer == "sgd":
-            # An all-zero mask: e = 0, one pass per step (SGD's cost, not SAM's).
-            model.set_masks([keras.ops.zeros(m.shape) for m in model.masks])
     steps = args.epochs * info.steps_per_epoch
-    optimizer = keras.optimizers.SGD(
+    trigger = None
+    if args.trigger is not None:
+        trigger = keras_ssam.GradientNormTrigger(*args.trigger, total_steps=steps)
+    return recipes.build(
+        args.optimizer,
+        base,
         keras.optimizers.schedules.CosineDecay(args.lr, steps),
-        momentum=0.9,
-        weight_decay=None if coupled else args.weight_decay,
+        rho=args.rho,
+        weight_decay=args.weight_decay,
+        weight_decay_mode=args.weight_decay_mode,
+        sparsity=args.sparsity,
+        train_data=train_data,
+        num_samples=args.num_samples,
+        update_interval=args.update_interval,
+        drop_rate=args.drop_rate,
+        adaptive=args.adaptive,
+        interval=args.sam_interval,
+        between=args.between,
+        alpha=args.alpha,
+        trigger=trigger,
+        seed=args.seed,
     )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def train(args):
@@ -369,12 +392,10 @@ def train(args):
     )
     strategy = _strategy(args.distribute)
     with strategy.scope():
-        model = build(args, info)
+        recipe = build(args, info, train_ds)
+        model = recipe.compile()
     os.makedirs(args.out, exist_ok=True)
-    callbacks = _epoch_callbacks(args.out)
-    mask = _mask_callback(args, train_ds)
-    if mask is not None:
-        callbacks.insert(0, mask)
+    callbacks = recipe.callbacks + _epoch_callbacks(args.out)
     # First: the epoch keys the data order, which resumed runs must repeat.
     callbacks.insert(0, data.epoch_callback(info))
     if args.checkpoint_dir:

@@ -5,12 +5,16 @@ The class reads next to Algorithm 1 of Mi et al. (2022): `train_step` and
 (`passes`, `plan`, `guard`, `mask_state`, `support`, `saving`, `monitors`).
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from keras_ssam.gradient_norm_trigger import GradientNormTrigger
 from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
-from keras_ssam.step import guard, passes
+from keras_ssam.step import gate, guard, passes
 from keras_ssam.step.arguments import (
+    BETWEEN,
     NON_FINITE,
     PERTURBATIONS,
     check_choice,
@@ -92,8 +96,35 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             from the inputs; the result is the same (the layers below are
             not perturbed). With `norm_scope="masked"` the first pass also
             computes gradients of the perturbed variables only. See
-            `keras_ssam.two_pass`. Defaults to `True`.
+            `keras_ssam.step.plan`. Defaults to `True`.
+        interval: Integer >= 1. A SAM step when the optimizer's `iterations`
+            is a multiple of `interval` (the first step is one; MosaicML
+            Composer's `interval` counts `(step + 1) % interval` instead),
+            one forward-backward pass otherwise. Composer advises a larger
+            rho for a larger interval. Defaults to `1` (every step).
+        between: What the steps between SAM steps apply: `"sgd"`, the
+            gradient at `w`; `"looksam"`, LookSAM's `g + alpha * ||g|| *
+            g_v / ||g_v||`, `g_v` being the part of the last SAM step's
+            gradient orthogonal to that step's `g` (Liu et al. 2022, Eq. 4-5;
+            global norms, as in MarlonBecker/MSAM). `"looksam"` needs
+            `interval > 1` or a `trigger`. Defaults to `"sgd"`.
+        alpha: Float >= 0. LookSAM's weight of `g_v`. Defaults to `0.7`.
+        trigger: A `keras_ssam.GradientNormTrigger` choosing SAM steps from
+            the gradient norm (AE-SAM), or `None`. Not with `interval > 1`.
+            Defaults to `None`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
+
+    Which steps are SAM steps: a step is a SAM step when `rho > 0` (read at
+    run time: a `RhoScheduler` at 0 costs SGD) and the interval or trigger
+    says so. A step that is not costs one forward-backward pass and applies
+    the gradient at `w` (or LookSAM's). This needs every first-pass
+    gradient, so a structured mask with `norm_scope="masked"` then gives up
+    its pruned first pass; without `interval` or `trigger` such a mask keeps
+    it, and its steps have two passes even at `rho = 0`. `iterations` counts
+    optimizer updates: a step skipped as non-finite does not advance it, and
+    with `gradient_accumulation_steps` it counts each accumulated batch.
+    The logs add `sam_steps`, the share of SAM steps; `sharpness` is the
+    mean over SAM steps.
 
     Example:
 
@@ -128,6 +159,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         non_finite="skip",
         coupled_weight_decay=0.0,
         reuse_activations=True,
+        interval=1,
+        between="sgd",
+        alpha=0.7,
+        trigger=None,
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -149,6 +184,24 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         epsilon = check_non_negative("epsilon", epsilon)
         coupled_weight_decay = check_non_negative("coupled_weight_decay", coupled_weight_decay)
         num_batch_splits = check_positive_int("num_batch_splits", num_batch_splits)
+        interval = check_positive_int("interval", interval)
+        check_choice("between", between, BETWEEN)
+        alpha = check_non_negative("alpha", alpha)
+        if trigger is not None and not isinstance(trigger, GradientNormTrigger):
+            raise TypeError(
+                "`trigger` must be a `keras_ssam.GradientNormTrigger` or None; "
+                f"received trigger={trigger!r}."
+            )
+        if trigger is not None and interval > 1:
+            raise ValueError(
+                "`interval` and `trigger` both choose the SAM steps: pass one of them; "
+                f"received interval={interval!r} and trigger={trigger!r}."
+            )
+        if between == "looksam" and interval == 1 and trigger is None:
+            raise ValueError(
+                "`between='looksam'` needs steps between SAM steps: set `interval > 1` or a "
+                "`trigger`; received interval=1 and trigger=None."
+            )
         super().__init__(**kwargs)
         self.model = model
         self.num_batch_splits = num_batch_splits
@@ -160,6 +213,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self.epsilon = epsilon
         self.coupled_weight_decay = coupled_weight_decay
         self.reuse_activations = reuse_activations
+        self.interval = interval
+        self.between = between
+        self.alpha = alpha
+        self.trigger = trigger
         # Ids of the trainable variables whose masks have ones (host side);
         # the traced step depends on it (`keras_ssam.step.support`).
         self._support_ids = None
@@ -174,7 +231,12 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self._rho.assign(rho)
         self.sharpness_tracker = keras.metrics.Mean(name="sharpness")
         self.mask_density_tracker = keras.metrics.Mean(name="mask_density")
+        self.sam_steps_tracker = keras.metrics.Mean(name="sam_steps")
         self._masks = []
+        self._looksam = []
+        # State that only some features have, created after the rest: files
+        # saved without it still load (it then starts from its initial value).
+        self._optional_state = []
         self._mask_index = {}
         self._in_step_mask_fn = None
         if model.built:
@@ -231,6 +293,29 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             initializer="zeros",
             trainable=False,
         )
+        if self.between == "looksam":
+            # LookSAM's g_v / ||g_v||, float32 and free of the loss scale.
+            self._looksam = [
+                self.add_weight(
+                    name=f"looksam_{i}",
+                    shape=tuple(v.shape),
+                    initializer="zeros",
+                    trainable=False,
+                    dtype="float32",
+                )
+                for i, v in enumerate(weights)
+            ]
+            self._optional_state += self._looksam
+        if self.trigger is not None:
+            # The trigger's moving mean and variance of ||g||^2.
+            self.trigger_mean = self._float_state("trigger_mean")
+            self.trigger_variance = self._float_state("trigger_variance")
+            self._optional_state += [self.trigger_mean, self.trigger_variance]
+
+    def _float_state(self, name):
+        return self.add_weight(
+            name=name, shape=(), dtype="float32", initializer="zeros", trainable=False
+        )
 
     def count_params(self):
         """Parameters of the wrapped model; masks and SSAM state are not counted."""
@@ -254,28 +339,31 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self.traces += 1  # Python: counts traces, not steps
         plan = self._plan if self._plan is not None else self._make_plan(variables)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        grads, finite, preds = None, self._support_current(plan, variables), []
+        grads, grads_w, finite, preds = None, None, self._support_current(plan, variables), []
+        first = None
         splits = passes.batch_splits(x, y, sample_weight, batch, self.num_batch_splits)
-        for i, (sx, sy, sw, size) in enumerate(splits):
-            loss, y_pred, grads2, ok = self._sam_gradients(sx, sy, sw, variables, plan, i == 0)
-            # Size-weighted mean over sub-batches: with an even split, the mean.
-            weight = tf.cast(size, "float32") / tf.cast(batch, "float32")
+        for sx, sy, sw, size in splits:
+            # The first sub-batch decides whether the step is a SAM step.
+            sam = None if first is None else first.sam
+            part = self._sam_gradients(sx, sy, sw, variables, plan, first is None, sam)
+            first = first or part
+            ok = part.finite
             if self.num_batch_splits > 1:
-                # An empty sub-batch (batch < num_batch_splits) adds nothing.
-                grads2 = [
-                    None
-                    if g is None
-                    else tf.where(size > 0, g * tf.cast(weight, g.dtype), tf.zeros_like(g))
-                    for g in grads2
-                ]
+                # Size-weighted mean over sub-batches; an empty one adds nothing.
+                weight = tf.cast(size, "float32") / tf.cast(batch, "float32")
+                part = part.weighted(weight, size > 0)
                 ok = tf.logical_or(ok, size == 0)
-            grads = (
-                grads2
-                if grads is None
-                else [passes.add_optional(a, b) for a, b in zip(grads, grads2)]
-            )
+            grads = _sum_grads(grads, part.grads)
+            grads_w = _sum_grads(grads_w, part.grads_w)
             finite = tf.logical_and(finite, ok)
-            preds.append(y_pred)
+            preds.append(part.y_pred)
+        if self.between == "looksam":
+            grads = self._looksam_update(grads, grads_w, first.sam, finite, variables)
+        if first.trigger_state is not None:
+            # Not updated by a skipped (non-finite) step.
+            for var, new in zip((self.trigger_mean, self.trigger_variance), first.trigger_state):
+                var.assign(tf.where(finite, new, tf.convert_to_tensor(var)))
+        self.sam_steps_tracker.update_state(tf.cast(first.sam, "float32"))
         grads = guard.add_coupled_decay(self.optimizer, self.coupled_weight_decay, grads, variables)
         guard.apply(self.optimizer, finite, grads, variables, self.non_finite_steps)
         self.mask_density_tracker.update_state(self._density())
@@ -288,13 +376,14 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         logs = dict(logs, rho=tf.cast(self._rho, "float32"))
         return guard.for_multi_worker(logs)
 
-    def _sam_gradients(self, x, y, sample_weight, variables, plan, first=True):
-        """Algorithm 1 on one (sub-)batch: returns L(w), f(x), grad L(w + e), finite.
+    def _sam_gradients(self, x, y, sample_weight, variables, plan, first=True, sam=None):
+        """Algorithm 1 on one (sub-)batch: L(w), f(x) and grad L(w + e), as a `_Part`.
 
         `plan` (see `keras_ssam.step.plan`) names the support, the variables
-        whose masks have ones: the first pass differentiates only those, and
-        with a cut the second pass starts from the first pass's activations
-        at the cut.
+        whose masks have ones: the first pass differentiates only those
+        (every variable when a step may be a one-pass step), and with a cut
+        the second pass starts from the first pass's activations at the cut.
+        `sam` is the step's decision when an earlier sub-batch made it.
         """
         if not plan.support:
             return self._one_pass(x, y, sample_weight)
@@ -303,17 +392,30 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         # batch), so the seed states are read before pass 1 advances them.
         seeds = [(v, tf.identity(tf.convert_to_tensor(v))) for v in passes.seed_states(self.model)]
         support = [variables[i] for i in plan.support]
+        gated = self._gated(plan)
+        sources = variables if gated else support
 
-        # Line 1: g = grad L(w) on the support, updating BatchNorm statistics.
+        # Line 1: g = grad L(w), updating BatchNorm statistics.
         if plan.reuse:
             loss_fn = passes.make_loss_fn(self, x, y, sample_weight)
             first_pass = passes.first_pass_at_cut(plan, x, loss_fn)
             loss, y_pred, scaled, tape, cut, lower_losses = first_pass
-            grads = tape.gradient(scaled, support)
+            grads_w = tape.gradient(scaled, sources)
         else:
-            loss, y_pred, grads = passes.loss_and_grads(self, x, y, sample_weight, sources=support)
-        ascent = self._ascent_gradients(guard.unscale(self.optimizer, grads))
+            loss, y_pred, grads_w = passes.loss_and_grads(
+                self, x, y, sample_weight, sources=sources
+            )
+        unscaled = guard.unscale(self.optimizer, grads_w)
+        g_global = guard.global_gradients(unscaled) if gated and self.trigger else None
+        if gated:
+            unscaled = [unscaled[i] for i in plan.support]
+        if g_global is not None and self.perturbation == "global":
+            ascent = [g_global[i] for i in plan.support]
+        else:
+            ascent = self._ascent_gradients(unscaled)
         finite = self._all_finite(ascent)
+        if gated and len(support) < len(variables):  # a one-pass step applies all of g
+            finite = tf.logical_and(finite, guard.agree(guard.grads_finite(grads_w)))
 
         # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
         e = sparse_perturbation(
@@ -330,27 +432,91 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         if first:
             # SSAM-D: the mask moves after e was formed with the current one.
             self._maybe_update_masks_in_step(ascent, support)
+        trigger_state = None
+        if sam is None:
+            sam, trigger_state = self._sam_step(g_global) if gated else (tf.constant(True), None)
 
         # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
-        moved = {id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)}
-        state = [(v, moved.get(id(v), tf.convert_to_tensor(v))) for v in variables]
-        if plan.reuse:
-            loss2, grads2 = passes.second_pass_from_cut(
-                plan, tape, cut, lower_losses, loss_fn, state, seeds
-            )
-        else:
+        def perturbed():
+            moved = {
+                id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)
+            }
+            state = [(v, moved.get(id(v), tf.convert_to_tensor(v))) for v in variables]
+            if plan.reuse:
+                return passes.second_pass_from_cut(
+                    plan, tape, cut, lower_losses, loss_fn, state, seeds
+                )
             loss2, _, grads2 = passes.loss_and_grads(
                 self, x, y, sample_weight, state=state, fixed=seeds
             )
+            return loss2, grads2
+
+        if gated:  # only pass 2 is conditional: a step that is not SAM is one pass
+            loss2, grads2, ok = gate.if_sam(sam, perturbed, loss, grads_w)
+        else:
+            loss2, grads2 = perturbed()
+            ok = guard.grads_finite(grads2)
         # w + e may leave the loss's domain: such a step is skipped too.
-        finite = tf.logical_and(finite, guard.agree(guard.grads_finite(grads2)))
-        return self._track(x, loss, loss2, finite, y_pred, grads2)
+        finite = tf.logical_and(finite, guard.agree(ok))
+        self._track(x, loss, loss2, tf.logical_and(finite, sam))
+        grads_w = grads_w if gated else None
+        return _Part(y_pred, grads2, finite, sam, grads_w, trigger_state)
 
     def _one_pass(self, x, y, sample_weight):
         """An all-zero mask: e = 0, so grad L(w + e) is pass 1's gradient (SGD cost)."""
         loss, y_pred, grads = passes.loss_and_grads(self, x, y, sample_weight)
         finite = guard.agree(guard.grads_finite(grads))
-        return self._track(x, loss, loss, finite, y_pred, grads)
+        self._track(x, loss, loss, tf.constant(False))
+        return _Part(y_pred, grads, finite, tf.constant(False), grads, None)
+
+    def _gated(self, plan):
+        """Whether a step can be a one-pass step: pass 1 then computes every gradient.
+
+        With `interval` or a `trigger`, always; otherwise only when pass 1
+        computes every gradient anyway (then `rho == 0` is one pass).
+        """
+        everything = len(plan.support) == len(self.trainable_variables)
+        return everything or self.interval > 1 or self.trigger is not None
+
+    def _sam_step(self, g_global):
+        """`(sam, trigger state)` from rho, the interval or the trigger."""
+        norm_sq = None
+        if self.trigger is not None:
+            norm_sq = tf.square(gate.global_norm(g_global))
+        return gate.sam_step(
+            self._rho,
+            self.optimizer.iterations,
+            self.interval,
+            self.trigger,
+            norm_sq,
+            getattr(self, "trigger_mean", None),
+            getattr(self, "trigger_variance", None),
+        )
+
+    def _looksam_update(self, grads, grads_w, sam, finite, variables):
+        """LookSAM: keep g_v's direction on SAM steps, add `alpha ||g|| g_v` between them.
+
+        `g` and `g_s` are the global, unscaled gradients (coupled decay is
+        added later, so it is not in `||g||`); each replica adds its share of
+        the alpha term, as the optimizer sums the replicas' gradients.
+        """
+        optimizer = self.optimizer
+        g = guard.global_gradients(guard.unscale(optimizer, grads_w))
+        g_sam = guard.global_gradients(guard.unscale(optimizer, grads))
+        buffers = [self._looksam[self._mask_index[id(v)]] for v in variables]
+        old = [tf.convert_to_tensor(b) for b in buffers]
+        factor = self.alpha * gate.global_norm(g)
+        factor = factor / tf.distribute.get_strategy().num_replicas_in_sync
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            factor = factor * tf.cast(optimizer.dynamic_scale, "float32")
+        out = [
+            None if gr is None else tf.where(sam, gr, gr + tf.cast(factor * o, gr.dtype))
+            for gr, o in zip(grads, old)
+        ]
+        keep = tf.logical_and(sam, finite)
+        for buffer, new, o in zip(buffers, gate.looksam_direction(g, g_sam), old):
+            buffer.assign(tf.where(keep, o if new is None else new, o))
+        return out
 
     def _ascent_gradients(self, grads):
         """The gradient that defines e: global (all-reduced) or per replica."""
@@ -361,17 +527,16 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         # Global gradients are already identical on every replica.
         return guard.agree(finite) if self.perturbation == "local" else finite
 
-    def _track(self, x, loss, loss2, finite, y_pred, grads2):
-        """Updates the loss and sharpness trackers; returns the step's results."""
+    def _track(self, x, loss, loss2, counted):
+        """Updates the loss tracker, and the sharpness tracker on counted (finite SAM) steps."""
         size = tf.shape(tf.nest.flatten(x)[0])[0]
         if self.num_batch_splits > 1:  # an empty sub-batch gives an empty loss
             loss, loss2 = (tf.where(size > 0, tf.reduce_sum(v), 0.0) for v in (loss, loss2))
         self._loss_tracker.update_state(guard.unscale_for_distribution(loss), sample_weight=size)
-        gap = tf.where(finite, loss2 - loss, tf.zeros_like(loss))
+        gap = tf.where(counted, loss2 - loss, tf.zeros_like(loss))
         self.sharpness_tracker.update_state(
-            guard.unscale_for_distribution(gap), sample_weight=size * tf.cast(finite, size.dtype)
+            guard.unscale_for_distribution(gap), sample_weight=size * tf.cast(counted, size.dtype)
         )
-        return loss, y_pred, grads2, finite
 
     def test_step(self, data):
         # Sharpness and mask density describe training steps only.
@@ -380,7 +545,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             {k: v for k, v in logs.items() if k not in self._train_only_logs}
         )
 
-    _train_only_logs = ("sharpness", "mask_density", "rho")
+    _train_only_logs = ("sharpness", "mask_density", "rho", "sam_steps")
 
     # ------------------------------------------------------- tracing and fit
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -443,6 +608,14 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 "non_finite": self.non_finite,
                 "coupled_weight_decay": self.coupled_weight_decay,
                 "reuse_activations": self.reuse_activations,
+                "interval": self.interval,
+                "between": self.between,
+                "alpha": self.alpha,
+                "trigger": (
+                    None
+                    if self.trigger is None
+                    else keras.saving.serialize_keras_object(self.trigger)
+                ),
             }
         )
         return config
@@ -453,4 +626,39 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         config["model"] = keras.saving.deserialize_keras_object(
             config["model"], custom_objects=custom_objects
         )
+        if config.get("trigger") is not None:
+            config["trigger"] = keras.saving.deserialize_keras_object(
+                config["trigger"], custom_objects=custom_objects
+            )
         return cls(**config)
+
+
+@dataclasses.dataclass
+class _Part:
+    """One (sub-)batch's share of a step."""
+
+    y_pred: object
+    grads: list  # what the optimizer applies (loss-scaled, this replica's)
+    finite: object
+    sam: object  # whether this step is a SAM step
+    grads_w: list = None  # pass 1's gradients at w, when a step may be one pass
+    trigger_state: tuple = None  # the trigger's new estimates, on the deciding sub-batch
+
+    def weighted(self, weight, nonempty):
+        def scale(grads):
+            if grads is None:
+                return None
+            return [
+                None
+                if g is None
+                else tf.where(nonempty, g * tf.cast(weight, g.dtype), tf.zeros_like(g))
+                for g in grads
+            ]
+
+        return dataclasses.replace(self, grads=scale(self.grads), grads_w=scale(self.grads_w))
+
+
+def _sum_grads(total, grads):
+    if total is None or grads is None:
+        return grads if total is None else total
+    return [passes.add_optional(a, b) for a, b in zip(total, grads)]

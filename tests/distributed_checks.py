@@ -153,9 +153,24 @@ def main():
         train(MIRRORED, masks=top, norm_scope="masked", reuse_activations=reuse)
         for reuse in (True, False)
     ]
-    facts["reuse_plans"] = [bool(r._plan.reuse) for r in runs]
+    facts["reuse_plans"] = [r.step_plan()["reuse"] for r in runs]
     facts["reuse_vs_recompute"] = max_diff(*(r.model.get_weights() for r in runs))
     facts["reuse_replicas_identical"] = replicas_identical(runs[0])
+
+    # Cheap steps (issue 21): the interval, LookSAM and the trigger decide and
+    # apply on 2 replicas what they do on one device.
+    trigger = keras_ssam.GradientNormTrigger(0.5, 0.0, 0.5, 4)
+    for name, kwargs in (
+        ("interval", dict(interval=2)),
+        ("looksam", dict(interval=2, between="looksam", alpha=0.5)),
+        ("trigger", dict(trigger=trigger)),
+        ("trigger_looksam", dict(trigger=trigger, between="looksam", alpha=0.5)),
+    ):
+        pair = [train(s, **kwargs) for s in (ONE, MIRRORED)]
+        weights = [m.model.get_weights() for m in pair]
+        facts[f"{name}_vs_one_device"] = max_diff(*weights)
+        facts[f"{name}_replicas_identical"] = replicas_identical(pair[1])
+        facts[f"{name}_vs_sam"] = max_diff(weights[0], one.model.get_weights())
 
     bad = X.copy()
     bad[BATCH - 1, 0] = np.nan  # only replica 1 of the first step sees it

@@ -40,8 +40,8 @@ def test_digits_each_optimizer_trains_with_its_own_perturbation(tmp_path, optimi
     assert sum(epoch_seconds) <= saved["train_seconds"] <= wall
     assert os.listdir(out / "tensorboard")
     # What sets the optimizers apart, read back from the trained model: the
-    # SGD baseline is SSAMModel with rho = 0 (coupled decay) and an empty mask;
-    # SAM and SSAM perturb (sharpness > 0) with their mask density.
+    # SGD baseline is SSAMModel with rho = 0 (coupled decay), so no step is a
+    # SAM step; SAM and SSAM perturb (sharpness > 0) with their mask density.
     import keras
 
     model = keras.models.load_model(out / "model.keras")
@@ -56,13 +56,11 @@ def test_digits_each_optimizer_trains_with_its_own_perturbation(tmp_path, optimi
     sharpness = saved["history"]["sharpness"]
     if optimizer == "sgd":
         assert float(model.rho) == 0.0 and "mask_density" not in saved
-        # The baseline runs one pass per step: an empty mask, e = 0.
-        assert (
-            model.mask_density() == 0.0
-            and model._make_plan(model.trainable_variables).support == ()
-        )
+        # The baseline runs one pass per step: rho = 0 makes no step a SAM step.
+        assert saved["history"]["sam_steps"] == [0.0, 0.0, 0.0]
     else:
         assert float(model.rho) == 0.05
+        assert saved["history"]["sam_steps"] == [1.0, 1.0, 1.0]
         want = 1.0 if optimizer == "sam" else 0.5
         assert saved["mask_density"] == pytest.approx(want, abs=1e-4)
         assert all(s > 0 for s in sharpness)
@@ -77,7 +75,15 @@ def built(argv, num_train=50_000, input_shape=(32, 32, 3), num_classes=10, large
         "x", num_classes, input_shape, num_train, 0, (0.0,) * 3, (1.0,) * 3, large=large
     )
     info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
-    return args, cli.build(args, info)
+    return args, cli.build(args, info, train_data=_stream()).compile()
+
+
+def _stream():
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 32, 32, 3), "float32"), np.zeros(4, "int64"))
+    ).batch(2)
 
 
 def schedule(model):
@@ -99,18 +105,18 @@ def schedule(model):
 )  # fmt: skip
 def test_cifar_presets_as_built(argv, rho, wd, lr, steps, samples):
     args, model = built(argv)
+    from keras_ssam.experiments import data as data_lib
+
+    info = data_lib.DatasetInfo("x", 10, (32, 32, 3), 50_000, 0, (0.0,) * 3, (1.0,) * 3)
+    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    callbacks = cli.build(args, info, train_data=_stream()).callbacks
     assert float(model.rho) == rho
     assert model.coupled_weight_decay == wd
     assert model.optimizer.weight_decay is None  # coupled: nothing decoupled on top
     assert float(model.optimizer.momentum) == 0.9
     assert schedule(model) == (lr, steps)
     if args.optimizer == "ssam-f":
-        import tensorflow as tf
-
-        stream = tf.data.Dataset.from_tensor_slices(
-            (np.zeros((4, 32, 32, 3), "float32"), np.zeros(4, "int64"))
-        ).batch(2)
-        assert cli._mask_callback(args, stream).num_samples == samples
+        assert callbacks[0].num_samples == samples
     assert args.num_samples == samples and args.cutout is True and args.batch_size == 128
 
 
@@ -120,9 +126,8 @@ def test_decoupled_weight_decay_mode_uses_the_optimizer():
     assert model.coupled_weight_decay == 0.0 and model.optimizer.weight_decay == 1e-3
     _, sgd = built(["--dataset", "cifar10", "--model", "small_cnn", "--optimizer", "sgd",
                     "--weight-decay-mode", "decoupled"])  # fmt: skip
-    import keras_ssam
-
-    assert not isinstance(sgd, keras_ssam.SSAMModel) and sgd.optimizer.weight_decay == 5e-4
+    assert float(sgd.rho) == 0.0 and sgd.coupled_weight_decay == 0.0
+    assert sgd.optimizer.weight_decay == 5e-4
 
 
 def test_imagenet_preset_as_built():
@@ -333,9 +338,9 @@ def test_trained_model_file_reloads_and_feeds_analyze(tmp_path):
     assert isinstance(model, keras_ssam.SSAMModel)
     assert model.mask_density() == pytest.approx(results["mask_density"], abs=1e-6)
     # Same weights and masks as the weight file written beside it.
-    reference = cli.build(
-        cli.resolve(cli.build_parser().parse_args(["train"])), data.load("digits")[2]
-    )
+    train_ds, _, info = data.load("digits")
+    args = cli.resolve(cli.build_parser().parse_args(["train"]))
+    reference = cli.build(args, info, train_data=train_ds).compile()
     reference.load_weights(out / "final.weights.h5")
     for a, b in zip(model.weights, reference.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

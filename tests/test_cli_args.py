@@ -62,3 +62,24 @@ def test_a_value_the_cli_refuses_is_refused_by_hessian_eigenvalues(argument):
     data_ = (np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"))
     with pytest.raises(ValueError, match=f"received {argument}='other'"):
         analysis.hessian_eigenvalues(model, data_, verbose=0, **{argument: "other"})
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--sam-interval", "0"], "--sam-interval must be >= 1; received 0."),
+        (["--between", "look"], "--between must be one of sgd, looksam; received 'look'."),
+        (["--between", "looksam"], "--between looksam needs --sam-interval > 1 or --trigger."),
+        (["--sam-interval", "2", "--alpha", "-1"], "--alpha must be >= 0; received -1.0."),
+        (["--sam-interval", "2", "--trigger", "0.9", "0", "1"], "pass one of them"),
+        (["--trigger", "1.5", "0", "1"], "--trigger DELTA must be in (0, 1); received 1.5."),
+    ],
+)
+def test_train_rejects_bad_cheap_step_flags_before_loading_anything(monkeypatch, argv, message):
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(data, "load", refuse)
+    with pytest.raises(SystemExit) as raised:
+        cli.run(["train", "--dataset", "digits", *argv])
+    assert message in str(raised.value)

@@ -72,3 +72,10 @@ def test_reused_second_pass_equals_recompute_on_two_replicas(facts):
     assert facts["reuse_plans"] == [True, False]
     assert facts["reuse_vs_recompute"] <= 1e-5
     assert facts["reuse_replicas_identical"]
+
+
+@pytest.mark.parametrize("name", ["interval", "looksam", "trigger", "trigger_looksam"])
+def test_cheap_steps_on_two_replicas_match_one_device(facts, name):
+    assert facts[f"{name}_vs_one_device"] <= 1e-5
+    assert facts[f"{name}_replicas_identical"]
+    assert facts[f"{name}_vs_sam"] > 1e-4  # some steps were not SAM steps

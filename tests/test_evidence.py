@@ -63,7 +63,8 @@ def test_evidence_quick_run_records_what_was_asked_and_resumes(tmp_path):
         c = r["curve"][0]["curve_test_accuracy"] * 30
         assert c == pytest.approx(round(c))
         assert r["hessian_examples"] == 40 and np.isfinite(r["hessian_top"])
-        assert ("sharpness" in r["curve"][0]) == (r["method"] != "sgd")
+        # SGD is SSAMModel(rho=0): no step of it is a SAM step.
+        assert r["curve"][0]["sam_steps"] == (0.0 if r["method"] == "sgd" else 1.0)
         # 160 images at batch 128, last partial batch dropped: one step per epoch.
         assert r["steps"] == 1
 
@@ -145,34 +146,44 @@ def test_a_method_added_later_retimes_its_seed_with_every_method():
 
 
 def test_sgd_row_is_pytorch_sgd_with_coupled_decay():
-    """The SGD row (`CoupledSGD`, one pass) trains exactly as
-    `SSAMModel(rho=0, coupled_weight_decay=wd)`, and the decay matters."""
+    """The SGD row (the shared recipe, one pass) trains as a hand-written loop that adds
+    `wd * w` to the gradient before momentum (PyTorch's SGD), and the decay matters."""
     import keras
+    import tensorflow as tf
 
-    import keras_ssam
     from keras_ssam import models
 
     module = load_script()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 10, 48)
+    info = module.data.DatasetInfo("x", 10, (16, 16, 3), 48, 0, (0.0,) * 3, (1.0,) * 3)
+    args = module.parse(["--model", "small_cnn", "--wd-sgd", "5e-3", "--lr", "0.05"])
+    keras.utils.set_random_seed(1)
+    ours, _ = module.build("sgd", info, args, steps=3)
 
     def base():
         keras.utils.set_random_seed(1)
-        return models.small_cnn(10, (16, 16, 3))
+        return models.build_model(
+            "small_cnn", 10, (16, 16, 3), module.data.preprocessing_layers(info)
+        )
 
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    ours = base()
-    coupled = module.CoupledSGD(0.05, momentum=0.9, coupled_weight_decay=5e-3)
-    ours.compile(optimizer=coupled, loss=loss)
-    ref = keras_ssam.SSAMModel(base(), rho=0.0, coupled_weight_decay=5e-3)
-    ref.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
-    plain = base()
-    plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
+    ref, plain = base(), base()
+    optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.05, 3), momentum=0.9)
+    plain.compile(optimizer=keras.optimizers.SGD(
+        keras.optimizers.schedules.CosineDecay(0.05, 3), momentum=0.9), loss=loss)  # fmt: skip
     for i in range(3):
-        for model in (ours, ref, plain):
-            model.train_on_batch(x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)])
-    for a, b in zip(ours.get_weights(), ref.model.get_weights()):
+        xb, yb = x[16 * i : 16 * (i + 1)], y[16 * i : 16 * (i + 1)]
+        ours.train_on_batch(xb, yb)
+        plain.train_on_batch(xb, yb)
+        with tf.GradientTape() as tape:
+            value = loss(yb, ref(xb, training=True))
+        grads = tape.gradient(value, ref.trainable_variables)
+        grads = [g + 5e-3 * v for g, v in zip(grads, ref.trainable_variables)]
+        optimizer.apply_gradients(zip(grads, ref.trainable_variables))
+    for a, b in zip(ours.model.get_weights(), ref.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    ours = ours.model
     weights = zip(ours.get_weights(), plain.get_weights())
     assert any(not np.allclose(a, c, atol=1e-6) for a, c in weights)

@@ -44,3 +44,19 @@ def test_keras_file_of_the_2026_12_layout_loads():
     ssam = keras.saving.load_model(os.path.join(HERE, "layout-2026-12.keras"))
     assert isinstance(ssam, keras_ssam.SSAMModel)
     check(ssam)
+
+
+def test_files_saved_before_optional_state_load_into_models_that_have_it():
+    """LookSAM's buffers and the trigger's estimates start from zero; the rest loads."""
+    ssam = keras_ssam.SSAMModel(
+        inner(),
+        rho=0.5,
+        interval=1,
+        between="looksam",
+        trigger=keras_ssam.GradientNormTrigger(0.9, 0.0, 1.0, 10),
+    )
+    ssam.load_weights(os.path.join(HERE, "layout-2026-12.weights.h5"))
+    check(ssam)
+    assert float(ssam.trigger_mean.numpy()) == 0.0
+    buffers = [v for v in ssam.weights if v.name.startswith("looksam_")]
+    assert len(buffers) == len(ssam.masks) and not any(np.any(v.numpy()) for v in buffers)

@@ -20,7 +20,7 @@ from reference import (
     reference_sgd_step,
 )
 
-from keras_ssam import SSAMModel, sparse_perturbation
+from keras_ssam import GradientNormTrigger, SSAMModel, sparse_perturbation
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -371,9 +371,13 @@ def test_config_covers_every_init_argument():
         non_finite="stop",
         coupled_weight_decay=5e-4,
         reuse_activations=False,
+        interval=4,
+        between="looksam",
+        alpha=0.5,
     )
     names = set(inspect.signature(SSAMModel.__init__).parameters) - {"self", "model", "kwargs"}
-    assert names == set(values)
+    # `trigger` excludes `interval > 1`: it is checked on a model of its own below.
+    assert names == set(values) | {"trigger"}
     defaults = {k: p.default for k, p in inspect.signature(SSAMModel.__init__).parameters.items()}
     assert all(values[k] != defaults[k] for k in values)  # every value is a non-default
     model = SSAMModel(make_mlp(make_params()), **values)
@@ -382,3 +386,9 @@ def test_config_covers_every_init_argument():
     for key, value in values.items():
         assert config[key] == value, key
         assert getattr(clone, key) == value, key
+    trigger = GradientNormTrigger(0.8, -0.5, 0.5, 123)
+    model = SSAMModel(make_mlp(make_params()), trigger=trigger)
+    clone = SSAMModel.from_config(json.loads(json.dumps(model.get_config())))
+    assert clone.trigger.get_config() == trigger.get_config() != GradientNormTrigger(
+        0.9, -0.5, 0.5, 123
+    ).get_config()

@@ -5,6 +5,7 @@ import numbers
 
 PERTURBATIONS = ("global", "local")
 NON_FINITE = ("skip", "stop")
+BETWEEN = ("sgd", "looksam")
 
 
 def check_rho(rho):

@@ -37,6 +37,12 @@ class Saving:
         own = self._trainable_variables + self._non_trainable_variables
         keys = set(store.keys())
         count = sum(1 for k in keys if not str(k).startswith("rng_"))
+        optional = {id(v) for v in self._optional_state}
+        if optional and count == len(own) - len(optional):
+            # Saved before this model's optional state (LookSAM's direction,
+            # the trigger's estimates) existed, or without it: that state
+            # keeps its initial value. It is created last, so positions agree.
+            own = [v for v in own if id(v) not in optional]
         if count != len(own):
             raise ValueError(
                 f"Cannot load SSAMModel state: the file holds {count} SSAM variables "
@@ -73,6 +79,10 @@ class Saving:
         # `masks_initialized=1` with all-ones masks (silently plain SAM).
         children = super()._trackable_children(save_type, **kwargs)
         children.update({f"mask_{i}": m for i, m in enumerate(self._masks)})
+        children.update({f"looksam_{i}": m for i, m in enumerate(self._looksam)})
+        for name in ("trigger_mean", "trigger_variance"):
+            if hasattr(self, name):
+                children[name] = getattr(self, name)
         return children
 
 
