@@ -389,6 +389,8 @@ def test_config_covers_every_init_argument():
     trigger = GradientNormTrigger(0.8, -0.5, 0.5, 123)
     model = SSAMModel(make_mlp(make_params()), trigger=trigger)
     clone = SSAMModel.from_config(json.loads(json.dumps(model.get_config())))
-    assert clone.trigger.get_config() == trigger.get_config() != GradientNormTrigger(
-        0.9, -0.5, 0.5, 123
-    ).get_config()
+    assert (
+        clone.trigger.get_config()
+        == trigger.get_config()
+        != GradientNormTrigger(0.9, -0.5, 0.5, 123).get_config()
+    )
