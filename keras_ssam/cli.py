@@ -22,6 +22,7 @@ import time
 # module must not import TensorFlow).
 OPTIMIZERS = ("sgd", "sam", "ssam-f", "ssam-d", "ssam-random", "structured")
 BETWEEN = ("sgd", "looksam")  # SSAMModel(between=)
+ASCENTS = ("gradient", "momentum")  # SSAMModel(ascent=)
 METHODS = ("lanczos", "power")  # keras_ssam.analysis.hessian_eigenvalues(method=)
 HVP_MODES = ("forward", "reverse")  # keras_ssam.analysis.HVP_MODES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -128,6 +129,13 @@ def build_parser():
         "or --trigger)",
     )
     t.add_argument("--alpha", type=float, default=0.7, help="LookSAM's alpha")
+    t.add_argument(
+        "--ascent",
+        default="gradient",
+        help="gradient (SAM) or momentum (Momentum-SAM: one pass per step, e from the "
+        "momentum buffer; its rho is larger, MSAM used 3 where SAM used 0.2)",
+    )
+    t.add_argument("--ascent-momentum", type=float, default=0.9, help="the momentum of that buffer")
     t.add_argument(
         "--trigger",
         type=float,
@@ -277,6 +285,14 @@ def _check_cheap_steps(args):
         _fail("--sam-interval and --trigger both choose the SAM steps: pass one of them.")
     if args.between == "looksam" and args.sam_interval == 1 and args.trigger is None:
         _fail("--between looksam needs --sam-interval > 1 or --trigger.")
+    if args.ascent not in ASCENTS:
+        _fail(f"--ascent must be one of {', '.join(ASCENTS)}; received {args.ascent!r}.")
+    if not 0 <= args.ascent_momentum < 1:
+        _fail(f"--ascent-momentum must be in [0, 1); received {args.ascent_momentum}.")
+    if args.ascent == "momentum" and (
+        args.sam_interval > 1 or args.trigger is not None or args.between != "sgd"
+    ):
+        _fail("--ascent momentum does not combine with --sam-interval, --trigger or --between.")
     if args.trigger is not None and not 0 < args.trigger[0] < 1:
         _fail(f"--trigger DELTA must be in (0, 1); received {args.trigger[0]}.")
 
@@ -363,6 +379,8 @@ def build(args, info, train_data=None):
         between=args.between,
         alpha=args.alpha,
         trigger=trigger,
+        ascent=args.ascent,
+        ascent_momentum=args.ascent_momentum,
         seed=args.seed,
     )
 

@@ -14,6 +14,7 @@ from keras_ssam.gradient_norm_trigger import GradientNormTrigger
 from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
 from keras_ssam.step import gate, guard, passes
 from keras_ssam.step.arguments import (
+    ASCENTS,
     BETWEEN,
     NON_FINITE,
     PERTURBATIONS,
@@ -112,6 +113,14 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         trigger: A `keras_ssam.GradientNormTrigger` choosing SAM steps from
             the gradient norm (AE-SAM), or `None`. Not with `interval > 1`.
             Defaults to `None`.
+        ascent: `"gradient"` (SAM's ascent from a first pass at `w`) or
+            `"momentum"` (Momentum-SAM, Becker et al. 2024): `e = -rho * m *
+            v / ||v||` from a buffer `v <- momentum * v + g + wd * w` of the
+            past steps' gradients, so each step is one forward-backward pass
+            at `w + e` (see "Momentum ascent" below). Defaults to
+            `"gradient"`.
+        momentum: Float in [0, 1). The momentum of that buffer (PyTorch's
+            convention, as MSAM's code). Defaults to `0.9`.
         **kwargs: Forwarded to `keras.Model` (e.g. `name`).
 
     Which steps are SAM steps: a step is a SAM step when `rho > 0` (read at
@@ -125,6 +134,22 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
     with `gradient_accumulation_steps` it counts each accumulated batch.
     The logs add `sam_steps`, the share of SAM steps; `sharpness` is the
     mean over SAM steps.
+
+    Momentum ascent: the step's only pass runs at `w + e` on tensors (the
+    variables stay at `w`, so `evaluate`, `save` and `export` see `w`;
+    MSAM's code instead keeps its parameters at the perturbed point between
+    steps), collects `add_loss` terms, and writes back its BatchNorm
+    statistics and seed states. The logged loss is the loss at `w + e`;
+    there is no `sharpness` (no loss at `w`). The buffer is built from the
+    all-reduced, unscaled gradient plus `coupled_weight_decay * w` at the
+    unperturbed `w` (MSAM adds its decay at the perturbed point; the
+    difference is `wd * e`); the compiled optimizer applies the gradient at
+    `w + e` (plus coupled decay) as for SAM. The first step (empty buffer) is
+    plain SGD. `e`'s norm follows `norm_scope` over `m * v` and adds
+    `epsilon` (MSAM: 1e-12). A structured mask saves nothing here (the
+    single pass is whole). Not with `interval`, `between="looksam"`, a
+    `trigger` or `num_batch_splits > 1`; an in-step mask update (SSAM-D) uses
+    the gradient at `w + e`.
 
     Example:
 
@@ -163,6 +188,8 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         between="sgd",
         alpha=0.7,
         trigger=None,
+        ascent="gradient",
+        momentum=0.9,
         **kwargs,
     ):
         inputs = kwargs.pop("inputs", None)
@@ -197,6 +224,19 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 "`interval` and `trigger` both choose the SAM steps: pass one of them; "
                 f"received interval={interval!r} and trigger={trigger!r}."
             )
+        check_choice("ascent", ascent, ASCENTS)
+        momentum = check_non_negative("momentum", momentum)
+        if momentum >= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1); received momentum={momentum!r}.")
+        if ascent == "momentum" and (
+            interval > 1 or trigger is not None or between != "sgd" or num_batch_splits > 1
+        ):
+            raise ValueError(
+                "`ascent='momentum'` takes no SAM steps to choose between and one pass per "
+                "batch: it does not combine with `interval`, `trigger`, `between` or "
+                f"`num_batch_splits`; received interval={interval!r}, trigger={trigger!r}, "
+                f"between={between!r}, num_batch_splits={num_batch_splits!r}."
+            )
         if between == "looksam" and interval == 1 and trigger is None:
             raise ValueError(
                 "`between='looksam'` needs steps between SAM steps: set `interval > 1` or a "
@@ -217,6 +257,8 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self.between = between
         self.alpha = alpha
         self.trigger = trigger
+        self.ascent = ascent
+        self.momentum = momentum
         # Ids of the trainable variables whose masks have ones (host side);
         # the traced step depends on it (`keras_ssam.step.support`).
         self._support_ids = None
@@ -234,6 +276,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self.sam_steps_tracker = keras.metrics.Mean(name="sam_steps")
         self._masks = []
         self._looksam = []
+        self._momentum = []
         # State that only some features have, created after the rest: files
         # saved without it still load (it then starts from its initial value).
         self._optional_state = []
@@ -306,6 +349,19 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 for i, v in enumerate(weights)
             ]
             self._optional_state += self._looksam
+        if self.ascent == "momentum":
+            # Momentum-SAM's buffer v (float32, unscaled, PyTorch convention).
+            self._momentum = [
+                self.add_weight(
+                    name=f"momentum_{i}",
+                    shape=tuple(v.shape),
+                    initializer="zeros",
+                    trainable=False,
+                    dtype="float32",
+                )
+                for i, v in enumerate(weights)
+            ]
+            self._optional_state += self._momentum
         if self.trigger is not None:
             # The trigger's moving mean and variance of ||g||^2.
             self.trigger_mean = self._float_state("trigger_mean")
@@ -337,6 +393,8 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             # loss-scale variables are needed before it (to unscale g).
             self.optimizer.build(variables)
         self.traces += 1  # Python: counts traces, not steps
+        if self.ascent == "momentum":
+            return self._momentum_step(x, y, sample_weight, variables)
         plan = self._plan if self._plan is not None else self._make_plan(variables)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         grads, grads_w, finite, preds = None, None, self._support_current(plan, variables), []
@@ -461,6 +519,42 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self._track(x, loss, loss2, tf.logical_and(finite, sam))
         grads_w = grads_w if gated else None
         return _Part(y_pred, grads2, finite, sam, grads_w, trigger_state)
+
+    def _momentum_step(self, x, y, sample_weight, variables):
+        """Momentum-SAM: one pass at `w + e`, `e = -rho * m * v / ||v||` (Becker et al. 2024)."""
+        optimizer = self.optimizer
+        buffers = [self._momentum[self._mask_index[id(v)]] for v in variables]
+        old = [tf.convert_to_tensor(b) for b in buffers]
+        e = sparse_perturbation(
+            [-b for b in old],
+            self._masks_for(variables),
+            self._rho,
+            variables=variables,
+            norm_scope=self.norm_scope,
+            adaptive=self.adaptive,
+            eta=self.eta,
+            epsilon=self.epsilon,
+        )
+        state = [(v, tf.convert_to_tensor(v) + tf.cast(ei, v.dtype)) for v, ei in zip(variables, e)]
+        loss, y_pred, grads = passes.stateful_pass(self, x, y, sample_weight, state)
+        finite = guard.agree(guard.grads_finite(grads))
+        g = guard.global_gradients(guard.unscale(optimizer, grads))
+        self._maybe_update_masks_in_step(g, variables)
+        wd = self.coupled_weight_decay
+        for buffer, o, gi, v in zip(buffers, old, g, variables):
+            if gi is None:
+                continue
+            new = self.momentum * o + tf.cast(gi, "float32") + wd * tf.cast(v, "float32")
+            buffer.assign(tf.where(finite, new, o))
+        self._track(x, loss, loss, tf.constant(False))
+        moved = tf.logical_and(self._rho > 0, gate.global_norm(old) > 0)
+        self.sam_steps_tracker.update_state(tf.cast(moved, "float32"))
+        grads = guard.add_coupled_decay(optimizer, self.coupled_weight_decay, grads, variables)
+        guard.apply(optimizer, finite, grads, variables, self.non_finite_steps)
+        self.mask_density_tracker.update_state(self._density())
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = dict(logs, rho=tf.cast(self._rho, "float32"))
+        return guard.for_multi_worker(logs)
 
     def _one_pass(self, x, y, sample_weight):
         """An all-zero mask: e = 0, so grad L(w + e) is pass 1's gradient (SGD cost)."""
@@ -616,6 +710,8 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                     if self.trigger is None
                     else keras.saving.serialize_keras_object(self.trigger)
                 ),
+                "ascent": self.ascent,
+                "momentum": self.momentum,
             }
         )
         return config

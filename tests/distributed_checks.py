@@ -157,14 +157,15 @@ def main():
     facts["reuse_vs_recompute"] = max_diff(*(r.model.get_weights() for r in runs))
     facts["reuse_replicas_identical"] = replicas_identical(runs[0])
 
-    # Cheap steps (issue 21): the interval, LookSAM and the trigger decide and
-    # apply on 2 replicas what they do on one device.
+    # Cheap steps (issues 21, 22): the interval, LookSAM, the trigger and the
+    # momentum ascent decide and apply on 2 replicas what they do on one device.
     trigger = keras_ssam.GradientNormTrigger(0.5, 0.0, 0.5, 4)
     for name, kwargs in (
         ("interval", dict(interval=2)),
         ("looksam", dict(interval=2, between="looksam", alpha=0.5)),
         ("trigger", dict(trigger=trigger)),
         ("trigger_looksam", dict(trigger=trigger, between="looksam", alpha=0.5)),
+        ("momentum", dict(ascent="momentum", momentum=0.8)),
     ):
         pair = [train(s, **kwargs) for s in (ONE, MIRRORED)]
         weights = [m.model.get_weights() for m in pair]

@@ -83,3 +83,21 @@ def test_train_rejects_bad_cheap_step_flags_before_loading_anything(monkeypatch,
     with pytest.raises(SystemExit) as raised:
         cli.run(["train", "--dataset", "digits", *argv])
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--ascent", "mom"], "--ascent must be one of gradient, momentum; received 'mom'."),
+        (["--ascent", "momentum", "--ascent-momentum", "1"], "must be in [0, 1); received 1.0."),
+        (["--ascent", "momentum", "--sam-interval", "2"], "does not combine"),
+    ],
+)
+def test_train_rejects_bad_ascent_flags_before_loading_anything(monkeypatch, argv, message):
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(data, "load", refuse)
+    with pytest.raises(SystemExit) as raised:
+        cli.run(["train", "--dataset", "digits", *argv])
+    assert message in str(raised.value)

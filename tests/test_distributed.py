@@ -74,8 +74,8 @@ def test_reused_second_pass_equals_recompute_on_two_replicas(facts):
     assert facts["reuse_replicas_identical"]
 
 
-@pytest.mark.parametrize("name", ["interval", "looksam", "trigger", "trigger_looksam"])
+@pytest.mark.parametrize("name", ["interval", "looksam", "trigger", "trigger_looksam", "momentum"])
 def test_cheap_steps_on_two_replicas_match_one_device(facts, name):
     assert facts[f"{name}_vs_one_device"] <= 1e-5
     assert facts[f"{name}_replicas_identical"]
-    assert facts[f"{name}_vs_sam"] > 1e-4  # some steps were not SAM steps
+    assert facts[f"{name}_vs_sam"] > 1e-4  # not SAM on every step

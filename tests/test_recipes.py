@@ -60,6 +60,8 @@ def test_every_method_is_an_ssam_model_and_sgd_is_rho_zero():
 def test_cheap_step_flags_reach_the_model():
     _, described = cli_recipe("ssam-f", ["--sam-interval", "5", "--between", "looksam"])
     assert described["config"]["interval"] == 5 and described["config"]["between"] == "looksam"
+    _, described = cli_recipe("sam", ["--ascent", "momentum", "--ascent-momentum", "0.5"])
+    assert described["config"]["ascent"] == "momentum" and described["config"]["momentum"] == 0.5
     _, described = cli_recipe("sam", ["--trigger", "0.9", "0", "1"])
     trigger = described["config"]["trigger"]["config"]
     assert trigger == {"delta": 0.9, "lambda1": 0.0, "lambda2": 1.0, "total_steps": 200 * 390}

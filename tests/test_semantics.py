@@ -376,8 +376,8 @@ def test_config_covers_every_init_argument():
         alpha=0.5,
     )
     names = set(inspect.signature(SSAMModel.__init__).parameters) - {"self", "model", "kwargs"}
-    # `trigger` excludes `interval > 1`: it is checked on a model of its own below.
-    assert names == set(values) | {"trigger"}
+    # `trigger` and `ascent` exclude `interval > 1`: checked on models of their own below.
+    assert names == set(values) | {"trigger", "ascent", "momentum"}
     defaults = {k: p.default for k, p in inspect.signature(SSAMModel.__init__).parameters.items()}
     assert all(values[k] != defaults[k] for k in values)  # every value is a non-default
     model = SSAMModel(make_mlp(make_params()), **values)
@@ -394,3 +394,6 @@ def test_config_covers_every_init_argument():
         == trigger.get_config()
         != GradientNormTrigger(0.9, -0.5, 0.5, 123).get_config()
     )
+    model = SSAMModel(make_mlp(make_params()), ascent="momentum", momentum=0.5)
+    clone = SSAMModel.from_config(json.loads(json.dumps(model.get_config())))
+    assert (clone.ascent, clone.momentum) == ("momentum", 0.5)

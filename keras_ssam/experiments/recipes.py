@@ -10,9 +10,10 @@ means the same thing in each of them:
 - `structured`: `StructuredFisherMask` with `norm_scope="masked"` (the only
   scope whose steps are cheaper).
 
-Every SAM-type method composes with the cheap steps of issue 21 (`interval`,
-`between`, `alpha`, `trigger`). Weight decay is PyTorch's coupled L2
-(`SSAMModel(coupled_weight_decay=)`, the official code's optimizer) unless
+Every SAM-type method composes with the cheap steps of issues 21 and 22
+(`interval`, `between`, `alpha`, `trigger`; or `ascent="momentum"`). Weight
+decay is PyTorch's coupled L2 (`SSAMModel(coupled_weight_decay=)`, the official
+code's optimizer) unless
 `weight_decay_mode="decoupled"` (Keras' `SGD(weight_decay=)`).
 """
 
@@ -58,6 +59,8 @@ def build(
     between="sgd",
     alpha=0.7,
     trigger=None,
+    ascent="gradient",
+    ascent_momentum=0.9,
     seed=0,
     metrics=("accuracy",),
 ):
@@ -68,8 +71,9 @@ def build(
         base: The `keras.Model` to train.
         learning_rate: Float or a `keras.optimizers.schedules` schedule for
             `SGD(momentum=momentum)`.
-        rho, adaptive, interval, between, alpha, trigger: `SSAMModel`'s
-            (ignored for `sgd`, whose rho is 0).
+        rho, adaptive, interval, between, alpha, trigger, ascent: `SSAMModel`'s
+            (ignored for `sgd`, whose rho is 0); `ascent_momentum` is its
+            `momentum` (the ascent buffer's, not the optimizer's).
         weight_decay: Float >= 0.
         weight_decay_mode: `"coupled"` or `"decoupled"`.
         sparsity, num_samples, update_interval, drop_rate, seed: The mask
@@ -88,7 +92,15 @@ def build(
             f"received weight_decay_mode={weight_decay_mode!r}."
         )
     coupled = weight_decay_mode == "coupled"
-    cheap = {} if method == "sgd" else dict(interval=interval, between=between, alpha=alpha)
+    cheap = {}
+    if method != "sgd":
+        cheap = dict(
+            interval=interval,
+            between=between,
+            alpha=alpha,
+            ascent=ascent,
+            momentum=ascent_momentum,
+        )
     model = keras_ssam.SSAMModel(
         base,
         rho=0.0 if method == "sgd" else rho,

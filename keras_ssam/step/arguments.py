@@ -6,6 +6,7 @@ import numbers
 PERTURBATIONS = ("global", "local")
 NON_FINITE = ("skip", "stop")
 BETWEEN = ("sgd", "looksam")
+ASCENTS = ("gradient", "momentum")
 
 
 def check_rho(rho):

@@ -51,6 +51,38 @@ def loss_and_grads(model, x, y, sample_weight, state=None, fixed=(), sources=Non
     return loss, y_pred, tape.gradient(scaled, watched)
 
 
+def stateful_pass(model, x, y, sample_weight, state):
+    """Loss, predictions and (loss-scaled) gradients at `state`, keeping its state updates.
+
+    The only pass of a momentum-ascent step runs at `w + e` on tensors (the
+    variables stay at `w`), inside a `keras.StatelessScope` that collects its
+    `add_loss` terms; its BatchNorm statistics and seed states are then
+    written back to the variables, as the step's only pass must.
+
+    Args:
+        model: The `SSAMModel`.
+        x, y, sample_weight: The batch.
+        state: `(variable, value)` for every trainable variable.
+
+    Returns:
+        `(loss, y_pred, gradients)`, the gradients in the order of `state`.
+    """
+    watched = [value for _, value in state]
+    with tf.GradientTape() as tape:
+        tape.watch(watched)
+        scope = keras.StatelessScope(state_mapping=list(state), collect_losses=True)
+        with scope:
+            loss, y_pred = forward(model, x, y, sample_weight)
+        scaled = model.optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, watched)
+    mapped = {id(v) for v, _ in state}
+    for variable in model.model.variables:
+        value = None if id(variable) in mapped else scope.get_current_value(variable)
+        if value is not None:
+            variable.assign(value)
+    return loss, y_pred, grads
+
+
 def make_loss_fn(model, x, y, sample_weight):
     """`(y_pred, extra) -> (loss, loss-scaled loss)` for the passes at a cut.
 

@@ -80,6 +80,7 @@ class Saving:
         children = super()._trackable_children(save_type, **kwargs)
         children.update({f"mask_{i}": m for i, m in enumerate(self._masks)})
         children.update({f"looksam_{i}": m for i, m in enumerate(self._looksam)})
+        children.update({f"momentum_{i}": m for i, m in enumerate(self._momentum)})
         for name in ("trigger_mean", "trigger_variance"):
             if hasattr(self, name):
                 children[name] = getattr(self, name)
