@@ -1,4 +1,4 @@
-"""Cost of the steps that skip the second pass (issue 21), as a ratio to plain SGD.
+"""Cost of the steps that skip the second pass (issues 21, 22), as a ratio to plain SGD.
 
     python benchmarks/cheap_steps.py --quick                            # ~3 minutes
     python benchmarks/cheap_steps.py --models proxy_cnn --rounds 3      # whole epochs
@@ -41,12 +41,14 @@ CONFIGS = {
     "looksam 5": ("sam", {"interval": 5, "between": "looksam"}),
     "looksam 10": ("sam", {"interval": 10, "between": "looksam"}),
     "trigger": ("sam", {"trigger": (0.9, 0.0, 1.0)}),
+    "momentum": ("sam", {"ascent": "momentum"}),
     "ssam-f 50": ("ssam-f", {}),
     "ssam-f 50 interval 5": ("ssam-f", {"interval": 5}),
     "ssam-f 50 looksam 5": ("ssam-f", {"interval": 5, "between": "looksam"}),
+    "ssam-f 50 momentum": ("ssam-f", {"ascent": "momentum"}),
     "structured 50": ("structured", {}),
 }
-QUICK = ("keras sgd", "rho 0", "sam", "interval 5", "looksam 5", "trigger")
+QUICK = ("keras sgd", "rho 0", "sam", "interval 5", "looksam 5", "trigger", "momentum")
 
 
 def build(name, model_name, x, y, total_steps):

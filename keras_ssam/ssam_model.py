@@ -10,20 +10,9 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from keras_ssam.gradient_norm_trigger import GradientNormTrigger
-from keras_ssam.perturbation import NORM_SCOPES, sparse_perturbation
+from keras_ssam.perturbation import sparse_perturbation
 from keras_ssam.step import gate, guard, passes
-from keras_ssam.step.arguments import (
-    ASCENTS,
-    BETWEEN,
-    NON_FINITE,
-    PERTURBATIONS,
-    check_choice,
-    check_flag,
-    check_non_negative,
-    check_positive_int,
-    check_rho,
-)
+from keras_ssam.step.arguments import check_arguments, check_rho
 from keras_ssam.step.mask_state import MaskState, is_float
 from keras_ssam.step.monitors import NonFiniteMonitor, SupportGuard
 from keras_ssam.step.saving import Saving
@@ -201,64 +190,29 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 "`model` must be a `keras.Model` (or pass `inputs=` and "
                 f"`outputs=`); received model={model!r}."
             )
-        rho = check_rho(rho)
-        check_choice("norm_scope", norm_scope, NORM_SCOPES)
-        check_choice("perturbation", perturbation, PERTURBATIONS)
-        check_choice("non_finite", non_finite, NON_FINITE)
-        check_flag("adaptive", adaptive)
-        check_flag("reuse_activations", reuse_activations)
-        eta = check_non_negative("eta", eta)
-        epsilon = check_non_negative("epsilon", epsilon)
-        coupled_weight_decay = check_non_negative("coupled_weight_decay", coupled_weight_decay)
-        num_batch_splits = check_positive_int("num_batch_splits", num_batch_splits)
-        interval = check_positive_int("interval", interval)
-        check_choice("between", between, BETWEEN)
-        alpha = check_non_negative("alpha", alpha)
-        if trigger is not None and not isinstance(trigger, GradientNormTrigger):
-            raise TypeError(
-                "`trigger` must be a `keras_ssam.GradientNormTrigger` or None; "
-                f"received trigger={trigger!r}."
-            )
-        if trigger is not None and interval > 1:
-            raise ValueError(
-                "`interval` and `trigger` both choose the SAM steps: pass one of them; "
-                f"received interval={interval!r} and trigger={trigger!r}."
-            )
-        check_choice("ascent", ascent, ASCENTS)
-        momentum = check_non_negative("momentum", momentum)
-        if momentum >= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1); received momentum={momentum!r}.")
-        if ascent == "momentum" and (
-            interval > 1 or trigger is not None or between != "sgd" or num_batch_splits > 1
-        ):
-            raise ValueError(
-                "`ascent='momentum'` takes no SAM steps to choose between and one pass per "
-                "batch: it does not combine with `interval`, `trigger`, `between` or "
-                f"`num_batch_splits`; received interval={interval!r}, trigger={trigger!r}, "
-                f"between={between!r}, num_batch_splits={num_batch_splits!r}."
-            )
-        if between == "looksam" and interval == 1 and trigger is None:
-            raise ValueError(
-                "`between='looksam'` needs steps between SAM steps: set `interval > 1` or a "
-                "`trigger`; received interval=1 and trigger=None."
-            )
+        arguments = check_arguments(
+            rho=rho,
+            norm_scope=norm_scope,
+            adaptive=adaptive,
+            eta=eta,
+            perturbation=perturbation,
+            epsilon=epsilon,
+            num_batch_splits=num_batch_splits,
+            non_finite=non_finite,
+            coupled_weight_decay=coupled_weight_decay,
+            reuse_activations=reuse_activations,
+            interval=interval,
+            between=between,
+            alpha=alpha,
+            trigger=trigger,
+            ascent=ascent,
+            momentum=momentum,
+        )
+        rho = arguments.pop("rho")
         super().__init__(**kwargs)
         self.model = model
-        self.num_batch_splits = num_batch_splits
-        self.non_finite = non_finite
-        self.norm_scope = norm_scope
-        self.adaptive = adaptive
-        self.eta = eta
-        self.perturbation = perturbation
-        self.epsilon = epsilon
-        self.coupled_weight_decay = coupled_weight_decay
-        self.reuse_activations = reuse_activations
-        self.interval = interval
-        self.between = between
-        self.alpha = alpha
-        self.trigger = trigger
-        self.ascent = ascent
-        self.momentum = momentum
+        for name, value in arguments.items():  # every argument, under its own name
+            setattr(self, name, value)
         # Ids of the trainable variables whose masks have ones (host side);
         # the traced step depends on it (`keras_ssam.step.support`).
         self._support_ids = None
@@ -336,6 +290,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             initializer="zeros",
             trainable=False,
         )
+        self._build_optional_state(weights)
+
+    def _build_optional_state(self, weights):
+        """State that only some step kinds have, created last (see `_optional_state`)."""
         if self.between == "looksam":
             # LookSAM's g_v / ||g_v||, float32 and free of the loss scale.
             self._looksam = [
