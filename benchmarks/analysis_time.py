@@ -31,8 +31,8 @@ def main():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.examples, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, args.examples)
-    forward = analysis._Objective(model, (x, y), hvp_mode="forward")
-    reverse = analysis._Objective(model, (x, y), hvp_mode="reverse")
+    forward = analysis.Objective(model, (x, y), hvp_mode="forward")
+    reverse = analysis.Objective(model, (x, y), hvp_mode="reverse")
     labels = forward.label_kind()  # "sparse": accuracy is counted, as in loss_landscape
     vectors = [rng.normal(size=v.shape).astype("float32") for v in forward.variables]
     operations = {

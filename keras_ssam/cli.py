@@ -317,7 +317,7 @@ def _strategy(kind):
     return tf.distribute.get_strategy()
 
 
-def _epoch_callbacks(out):
+def epoch_callbacks(out):
     """Per-epoch seconds in the logs and a JSON-lines history."""
     import keras
 
@@ -413,7 +413,7 @@ def train(args):
         recipe = build(args, info, train_ds)
         model = recipe.compile()
     os.makedirs(args.out, exist_ok=True)
-    callbacks = recipe.callbacks + _epoch_callbacks(args.out)
+    callbacks = recipe.callbacks + epoch_callbacks(args.out)
     # First: the epoch keys the data order, which resumed runs must repeat.
     callbacks.insert(0, data.epoch_callback(info))
     if args.checkpoint_dir:

@@ -296,35 +296,30 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         """State that only some step kinds have, created last (see `_optional_state`)."""
         if self.between == "looksam":
             # LookSAM's g_v / ||g_v||, float32 and free of the loss scale.
-            self._looksam = [
-                self.add_weight(
-                    name=f"looksam_{i}",
-                    shape=tuple(v.shape),
-                    initializer="zeros",
-                    trainable=False,
-                    dtype="float32",
-                )
-                for i, v in enumerate(weights)
-            ]
+            self._looksam = self._weight_buffers("looksam", weights)
             self._optional_state += self._looksam
         if self.ascent == "momentum":
             # Momentum-SAM's buffer v (float32, unscaled, PyTorch convention).
-            self._momentum = [
-                self.add_weight(
-                    name=f"momentum_{i}",
-                    shape=tuple(v.shape),
-                    initializer="zeros",
-                    trainable=False,
-                    dtype="float32",
-                )
-                for i, v in enumerate(weights)
-            ]
+            self._momentum = self._weight_buffers("momentum", weights)
             self._optional_state += self._momentum
         if self.trigger is not None:
             # The trigger's moving mean and variance of ||g||^2.
             self.trigger_mean = self._float_state("trigger_mean")
             self.trigger_variance = self._float_state("trigger_variance")
             self._optional_state += [self.trigger_mean, self.trigger_variance]
+
+    def _weight_buffers(self, prefix, weights):
+        """One float32 zero buffer per weight, named `prefix_i`."""
+        return [
+            self.add_weight(
+                name=f"{prefix}_{i}",
+                shape=tuple(v.shape),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+            )
+            for i, v in enumerate(weights)
+        ]
 
     def _float_state(self, name):
         return self.add_weight(

@@ -9,7 +9,7 @@ import keras  # noqa: E402
 from keras_ssam import cli  # noqa: E402
 
 out, checkpoint, crash = sys.argv[1], sys.argv[2], sys.argv[3] == "crash"
-add_callbacks = cli._epoch_callbacks
+add_callbacks = cli.epoch_callbacks
 
 
 class Crash(keras.callbacks.Callback):
@@ -21,7 +21,7 @@ class Crash(keras.callbacks.Callback):
             os._exit(3)  # as abrupt as a kill
 
 
-cli._epoch_callbacks = lambda path: add_callbacks(path) + [Crash()]
+cli.epoch_callbacks = lambda path: add_callbacks(path) + [Crash()]
 argv = [
     "train",
     "--dataset",

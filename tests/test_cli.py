@@ -74,7 +74,7 @@ def built(argv, num_train=50_000, input_shape=(32, 32, 3), num_classes=10, large
     info = data_lib.DatasetInfo(
         "x", num_classes, input_shape, num_train, 0, (0.0,) * 3, (1.0,) * 3, large=large
     )
-    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    info.steps_per_epoch = data_lib.steps_per_epoch(info, args.batch_size, True)
     return args, cli.build(args, info, train_data=_stream()).compile()
 
 
@@ -108,7 +108,7 @@ def test_cifar_presets_as_built(argv, rho, wd, lr, steps, samples):
     from keras_ssam.experiments import data as data_lib
 
     info = data_lib.DatasetInfo("x", 10, (32, 32, 3), 50_000, 0, (0.0,) * 3, (1.0,) * 3)
-    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    info.steps_per_epoch = data_lib.steps_per_epoch(info, args.batch_size, True)
     callbacks = cli.build(args, info, train_data=_stream()).callbacks
     assert float(model.rho) == rho
     assert model.coupled_weight_decay == wd

@@ -73,27 +73,12 @@ def test_a_value_the_cli_refuses_is_refused_by_hessian_eigenvalues(argument):
         (["--sam-interval", "2", "--alpha", "-1"], "--alpha must be >= 0; received -1.0."),
         (["--sam-interval", "2", "--trigger", "0.9", "0", "1"], "pass one of them"),
         (["--trigger", "1.5", "0", "1"], "--trigger DELTA must be in (0, 1); received 1.5."),
-    ],
-)
-def test_train_rejects_bad_cheap_step_flags_before_loading_anything(monkeypatch, argv, message):
-    def refuse(*args, **kwargs):
-        raise AssertionError("data was loaded before the arguments were checked")
-
-    monkeypatch.setattr(data, "load", refuse)
-    with pytest.raises(SystemExit) as raised:
-        cli.run(["train", "--dataset", "digits", *argv])
-    assert message in str(raised.value)
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
         (["--ascent", "mom"], "--ascent must be one of gradient, momentum; received 'mom'."),
         (["--ascent", "momentum", "--ascent-momentum", "1"], "must be in [0, 1); received 1.0."),
         (["--ascent", "momentum", "--sam-interval", "2"], "does not combine"),
     ],
 )
-def test_train_rejects_bad_ascent_flags_before_loading_anything(monkeypatch, argv, message):
+def test_train_rejects_bad_step_kind_flags_before_loading_anything(monkeypatch, argv, message):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the arguments were checked")
 

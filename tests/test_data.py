@@ -13,7 +13,7 @@ FILL = (101.0, 102.0, 103.0)
 
 def small(x, y, batch_size=100, seed=0, augment=True, cutout=True, mean=FILL):
     info = data.DatasetInfo("t", 10, x.shape[1:], len(y), len(y), mean, (1.0, 1.0, 1.0))
-    train, _, info = data._small_pipelines(
+    train, _, info = data.small_pipelines(
         x, y, x, y, info, batch_size, seed, augment, cutout, drop_remainder=True
     )
     return train, info
@@ -106,7 +106,7 @@ def test_cutout_hole_is_exactly_zero_after_the_models_normalization():
     mean, std = data.STATS["cifar10"]
     info = data.DatasetInfo("cifar10", 10, (32, 32, 3), 200, 0, mean, std)
     x = np.random.default_rng(0).integers(0, 255, size=(200, 32, 32, 3)).astype("uint8")
-    train, _, info = data._small_pipelines(x, np.zeros(200, "int64"), x, np.zeros(200, "int64"),
+    train, _, info = data.small_pipelines(x, np.zeros(200, "int64"), x, np.zeros(200, "int64"),
                                            info, 200, 0, True, True, True)  # fmt: skip
     images = next(iter(train))[0].numpy()
     hole = holes(images, mean)
@@ -124,7 +124,7 @@ def test_training_batches_are_full_and_the_remainder_is_dropped():
     _, test, _ = data.load("digits", batch_size=64)
     assert sum(len(b[1]) for b in test) == 360  # evaluation keeps every example
     info = data.DatasetInfo("c", 10, (32, 32, 3), 50_000, 0)
-    assert data._steps(info, 128, True) == 390  # the official loader's 390 steps
+    assert data.steps_per_epoch(info, 128, True) == 390  # the official loader's 390 steps
 
 
 def test_too_few_examples_for_one_batch_fail_clearly():
@@ -238,7 +238,7 @@ def test_large_tfds_training_stream_honours_augment_false():
     with tfds.testing.mock_data(num_examples=n):
         raw = tfds.load("imagenet2012", split="train", as_supervised=True)
         # The deterministic evaluation preprocessing (resize 256, center crop 224).
-        reference = _by_content(*_read(data._large_test(raw, 4)))
+        reference = _by_content(*_read(data.large_test_pipeline(raw, 4)))
         assert len(reference) == n and len({b for _, b in reference}) == n
         train = load(augment=False)
         first, second = _read(train), _read(train)  # two epochs

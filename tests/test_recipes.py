@@ -26,7 +26,7 @@ def cli_recipe(method, extra=()):
     argv = ["train", "--dataset", "cifar10", "--model", "small_cnn", "--optimizer", method]
     args = cli.resolve(cli.build_parser().parse_args([*argv, *extra]))
     info = data_lib.DatasetInfo("x", 10, (32, 32, 3), 50_000, 0, (0.0,) * 3, (1.0,) * 3)
-    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    info.steps_per_epoch = data_lib.steps_per_epoch(info, args.batch_size, True)
     return args, recipes.describe(cli.build(args, info, train_data=stream()))
 
 
@@ -35,7 +35,7 @@ def test_cli_and_evidence_build_the_same_method(method):
     # Non-default values everywhere, so that a dropped argument shows.
     args, from_cli = cli_recipe(method, ["--num-samples", "24", "--sparsity", "0.7", "--seed", "3"])
     info = data_lib.DatasetInfo("x", 10, (32, 32, 3), 50_000, 0, (0.0,) * 3, (1.0,) * 3)
-    info.steps_per_epoch = data_lib._steps(info, args.batch_size, True)
+    info.steps_per_epoch = data_lib.steps_per_epoch(info, args.batch_size, True)
     settings = evidence.parse(
         [
             "--model", "small_cnn", "--lr", str(args.lr), "--rho", str(args.rho),

@@ -34,6 +34,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ssam.perturbation import sparse_perturbation
+
 
 def _inner(model):
     from keras_ssam.ssam_model import SSAMModel
@@ -129,8 +131,11 @@ def _check_int(name, value, minimum):
         raise ValueError(f"`{name}` must be an integer >= {minimum}; received {name}={value!r}.")
 
 
-class _Objective:
+class Objective:
     """Mean loss over the data at weights `w` (or at `w + delta`), inference mode.
+
+    The loss, gradient and Hessian-vector products the analysis functions
+    share; public so that benchmarks can time them (`benchmarks/analysis_time.py`).
 
     Every per-batch function returns sums over the batch's examples; `_total`
     adds them up over the batches and divides by the number of examples.
@@ -304,7 +309,7 @@ def hessian_vector_product(model, data, vectors, loss=None, batch_size=128, hvp_
     Returns:
         A list of tensors, one per trainable variable.
     """
-    objective = _Objective(model, data, loss, batch_size, hvp_mode)
+    objective = Objective(model, data, loss, batch_size, hvp_mode)
     return objective.hvp([tf.convert_to_tensor(v, "float32") for v in vectors])
 
 
@@ -372,7 +377,7 @@ def hessian_eigenvalues(
         raise ValueError(f"`tol` must be a float >= 0; received tol={tol!r}.")
     if method not in ("power", "lanczos"):
         raise ValueError(f"`method` must be 'power' or 'lanczos'; received method={method!r}.")
-    objective = _Objective(model, data, loss, batch_size, hvp_mode)
+    objective = Objective(model, data, loss, batch_size, hvp_mode)
     rng = np.random.default_rng(seed)
     shapes = [tuple(v.shape) for v in objective.variables]
     if method == "lanczos":
@@ -546,7 +551,7 @@ def loss_landscape(
         raise ValueError(f"`dims` must be 1 or 2; received dims={dims!r}.")
     if len(span) != 2 or not span[0] < span[1]:
         raise ValueError(f"`span` must be (low, high) with low < high; received span={span!r}.")
-    objective = _Objective(model, data, loss, batch_size)
+    objective = Objective(model, data, loss, batch_size)
     labels = objective.label_kind()
     rng = np.random.default_rng(seed)
     weights = objective.weights()
@@ -605,10 +610,12 @@ def gradient_difference(model, data, rho=0.05, loss=None, batch_size=128, bins=5
     from keras_ssam.step.arguments import check_rho
 
     rho = check_rho(rho)
-    objective = _Objective(model, data, loss, batch_size)
+    objective = Objective(model, data, loss, batch_size)
     _, g = objective.gradient()
-    norm = np.sqrt(_dot(g, g))
-    perturbed = [w + rho * t / (norm + epsilon) for w, t in zip(objective.weights(), g)]
+    # SAM's step, Eq. 2 with an all-ones mask: the one copy of the formula.
+    ones = [tf.ones_like(t) for t in g]
+    steps = sparse_perturbation(g, ones, rho, epsilon=epsilon)
+    perturbed = [w + tf.cast(e, w.dtype) for w, e in zip(objective.weights(), steps)]
     _, g_sam = objective.gradient(perturbed)
     g_flat = np.concatenate([np.ravel(t.numpy()) for t in g]).astype("float64")
     s_flat = np.concatenate([np.ravel(t.numpy()) for t in g_sam]).astype("float64")

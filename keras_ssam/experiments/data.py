@@ -150,7 +150,7 @@ def load(
     x, y = _limit(x, y, train_limit, seed)
     xt, yt = _limit(xt, yt, test_limit, seed + 1)
     info.num_train, info.num_test = len(y), len(yt)
-    return _small_pipelines(x, y, xt, yt, info, **options)
+    return small_pipelines(x, y, xt, yt, info, **options)
 
 
 def _digits(seed):
@@ -172,7 +172,8 @@ def _limit(x, y, limit, seed):
     return x[take], y[take]
 
 
-def _steps(info, batch_size, drop_remainder):
+def steps_per_epoch(info, batch_size, drop_remainder):
+    """Training steps per epoch of `info` at `batch_size` (`drop_remainder`: full batches only)."""
     if drop_remainder:
         if info.num_train < batch_size:
             raise ValueError(
@@ -324,8 +325,9 @@ def cutout(images, seed, fill, size=CUTOUT_SIZE, probability=CUTOUT_PROBABILITY)
     return tf.where(hole[..., None], fill, images)
 
 
-def _small_pipelines(x, y, xt, yt, info, batch_size, seed, augment, cutout, drop_remainder):
-    info.steps_per_epoch = _steps(info, batch_size, drop_remainder)
+def small_pipelines(x, y, xt, yt, info, batch_size, seed, augment, cutout, drop_remainder):
+    """Training and test streams of small-image arrays (CIFAR, digits), train keyed by epoch."""
+    info.steps_per_epoch = steps_per_epoch(info, batch_size, drop_remainder)
     test = tf.data.Dataset.from_tensor_slices((xt, yt))
     test = test.map(lambda a, b: (tf.cast(a, "float32"), b)).batch(batch_size).prefetch(AUTOTUNE)
     return _small_train(x, y, info, batch_size, seed, augment, cutout, drop_remainder), test, info
@@ -407,7 +409,7 @@ def _folder(root, train_limit, test_limit, **options):
         mean = tuple(float(v) for v in x.reshape(-1, x.shape[-1]).mean(0))
         std = tuple(float(v) for v in x.reshape(-1, x.shape[-1]).std(0))
         info = DatasetInfo(name, len(classes), first.shape, len(labels), len(tlabels), mean, std)
-        return _small_pipelines(x, labels, xt, tlabels, info, **options)
+        return small_pipelines(x, labels, xt, tlabels, info, **options)
     mean, std = STATS["imagenet"]
     info = DatasetInfo(
         name, len(classes), (224, 224, 3), len(labels), len(tlabels), mean, std, large=True
@@ -415,7 +417,7 @@ def _folder(root, train_limit, test_limit, **options):
     test = tf.data.Dataset.from_tensor_slices((tpaths, tlabels)).map(lambda p, y: (_decode(p), y))
     return (
         _large_train_from_paths(paths, labels, info, **options),
-        _large_test(test, options["batch_size"]),
+        large_test_pipeline(test, options["batch_size"]),
         info,
     )
 
@@ -451,7 +453,7 @@ def _decode_uncached(paths, shape):
 
 # ------------------------------------------------------------ ImageNet-size
 def _large_train_from_paths(paths, labels, info, batch_size, seed, augment, cutout, drop_remainder):
-    info.steps_per_epoch = _steps(info, batch_size, drop_remainder)
+    info.steps_per_epoch = steps_per_epoch(info, batch_size, drop_remainder)
     paths_t, labels_t = tf.constant(paths), tf.constant(labels)
 
     def example(index, example_seed):
@@ -468,7 +470,8 @@ def _large_train_from_paths(paths, labels, info, batch_size, seed, augment, cuto
     )
 
 
-def _large_test(data, batch_size):
+def large_test_pipeline(data, batch_size):
+    """The ImageNet-size test stream: resize and center crop, no augmentation."""
     data = data.map(lambda x, y: (_center_crop(x), y), num_parallel_calls=AUTOTUNE)
     return data.batch(batch_size).prefetch(AUTOTUNE)
 
@@ -541,7 +544,7 @@ def _tfds(name, data_dir, train_limit, test_limit, **options):
         xt, yt = _limit(xt, yt, test_limit, seed + 1)
         mean, std = STATS.get(name, STATS["cifar10"])
         info = DatasetInfo(name, num_classes, shape, len(y), len(yt), mean, std)
-        return _small_pipelines(x, y, xt, yt, info, **options)
+        return small_pipelines(x, y, xt, yt, info, **options)
     if train_limit:
         train = train.take(train_limit)
     if test_limit:
@@ -558,9 +561,9 @@ def _tfds(name, data_dir, train_limit, test_limit, **options):
         std,
         large=True,
     )
-    info.steps_per_epoch = _steps(info, options["batch_size"], options["drop_remainder"])
+    info.steps_per_epoch = steps_per_epoch(info, options["batch_size"], options["drop_remainder"])
     train = _large_train_stream(train, min(count, 10_000), **options)
-    return train, _large_test(test, options["batch_size"]), info
+    return train, large_test_pipeline(test, options["batch_size"]), info
 
 
 def _large_train_stream(examples, buffer_size, batch_size, seed, augment, cutout, drop_remainder):
