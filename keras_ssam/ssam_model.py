@@ -265,16 +265,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         # variables are used (`masks`); the others cost memory, nothing else.
         # The order of creation below is the saved files' layout.
         weights = [v for v in self.model.weights if is_float(v)]
-        self._masks = [
-            self.add_weight(
-                name=f"mask_{i}",
-                shape=tuple(v.shape),
-                initializer="ones",
-                trainable=False,
-                dtype="float32",
-            )
-            for i, v in enumerate(weights)
-        ]
+        self._masks = self._weight_buffers("mask", weights, initializer="ones")
         self._mask_index = {id(v): i for i, v in enumerate(weights)}
         # Set by a callback to ask the next step for an in-step mask update.
         self._mask_update_pending = self._state_variable("mask_update_pending")
@@ -308,13 +299,13 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             self.trigger_variance = self._float_state("trigger_variance")
             self._optional_state += [self.trigger_mean, self.trigger_variance]
 
-    def _weight_buffers(self, prefix, weights):
-        """One float32 zero buffer per weight, named `prefix_i`."""
+    def _weight_buffers(self, prefix, weights, initializer="zeros"):
+        """One float32 variable per weight, named `prefix_i`."""
         return [
             self.add_weight(
                 name=f"{prefix}_{i}",
                 shape=tuple(v.shape),
-                initializer="zeros",
+                initializer=initializer,
                 trainable=False,
                 dtype="float32",
             )

@@ -19,7 +19,7 @@ sys.path.insert(0, HERE)
 from make_layout_files import inner, known_values  # noqa: E402
 
 
-def check(ssam):
+def check_values(ssam):
     weights, masks = known_values(ssam.model)
     for got, want in zip(ssam.model.get_weights(), weights):
         np.testing.assert_array_equal(got, want)
@@ -37,13 +37,13 @@ def check(ssam):
 def test_weights_file_of_the_2026_12_layout_loads():
     ssam = keras_ssam.SSAMModel(inner(), rho=0.5)
     ssam.load_weights(os.path.join(HERE, "layout-2026-12.weights.h5"))
-    check(ssam)
+    check_values(ssam)
 
 
 def test_keras_file_of_the_2026_12_layout_loads():
     ssam = keras.saving.load_model(os.path.join(HERE, "layout-2026-12.keras"))
     assert isinstance(ssam, keras_ssam.SSAMModel)
-    check(ssam)
+    check_values(ssam)
 
 
 def test_files_saved_before_optional_state_load_into_models_that_have_it():
@@ -56,7 +56,7 @@ def test_files_saved_before_optional_state_load_into_models_that_have_it():
         trigger=keras_ssam.GradientNormTrigger(0.9, 0.0, 1.0, 10),
     )
     ssam.load_weights(os.path.join(HERE, "layout-2026-12.weights.h5"))
-    check(ssam)
+    check_values(ssam)
     assert float(ssam.trigger_mean.numpy()) == 0.0
     buffers = [v for v in ssam.weights if v.name.startswith("looksam_")]
     assert len(buffers) == len(ssam.masks) and not any(np.any(v.numpy()) for v in buffers)
