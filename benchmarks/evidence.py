@@ -42,8 +42,9 @@ skips what is there (a killed run resumes with the next unfinished record).
 """
 
 import argparse
+import dataclasses
+import fcntl
 import json
-import math
 import os
 import shutil
 import tarfile
@@ -52,6 +53,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import evidence_report as report  # noqa: E402  (a sibling script in benchmarks/)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -60,16 +62,49 @@ from keras_ssam import analysis, data, models  # noqa: E402
 from keras_ssam.experiments import recipes  # noqa: E402
 from keras_ssam.masks import mask_distribution  # noqa: E402
 
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A row: a recipe method, its mask sparsity and a cheap-step mechanism (or none)."""
+
+    kind: str  # a key of RECIPES
+    sparsity: float = None
+    cheap: str = None  # a key of CHEAP
+
+
+# AE-SAM's gradient-norm trigger (delta, lambda1, lambda2): chosen on seed 0 of
+# this regime so that about 25 % of the steps are SAM steps (docs/EVIDENCE.md,
+# "Trigger calibration"); T is the run's number of steps.
+TRIGGER = (0.9, 0.25, 0.25)
+# Cheap-step mechanisms (issues 21, 22): recipe arguments; `window` is the
+# part of training (fractions of the epochs) that has SAM steps, rho 0 outside.
+CHEAP = {
+    "interval-2": dict(interval=2),
+    "interval-5": dict(interval=5),
+    "looksam-5": dict(interval=5, between="looksam"),
+    "trigger": dict(trigger=TRIGGER),
+    "momentum": dict(ascent="momentum"),
+    "late-25": dict(window=(0.75, 1.0)),
+    "early-25": dict(window=(0.0, 0.25)),
+}
+CHEAP_LABELS = {
+    "interval-2": "SAM every 2nd step",
+    "interval-5": "SAM every 5th step",
+    "looksam-5": "LookSAM, k = 5",
+    "trigger": "gradient-norm trigger",
+    "momentum": "momentum ascent",
+    "late-25": "SAM in the last 25 %",
+    "early-25": "SAM in the first 25 %",
+}
 METHODS = {
-    # name: (kind, sparsity)
-    "sgd": ("sgd", None),
-    "sam": ("sam", None),
-    "ssam-f-50": ("fisher", 0.5),
-    "ssam-f-90": ("fisher", 0.9),
-    "ssam-d-50": ("dynamic", 0.5),
-    "ssam-d-90": ("dynamic", 0.9),
-    "structured-50": ("structured", 0.5),
-    "structured-30": ("structured", 0.3),
+    "sgd": Method("sgd"),
+    "sam": Method("sam"),
+    "ssam-f-50": Method("fisher", 0.5),
+    "ssam-f-90": Method("fisher", 0.9),
+    "ssam-d-50": Method("dynamic", 0.5),
+    "ssam-d-90": Method("dynamic", 0.9),
+    "structured-50": Method("structured", 0.5),
+    "structured-30": Method("structured", 0.3),
 }
 LABELS = {
     "sgd": "SGD",
@@ -81,6 +116,28 @@ LABELS = {
     "structured-50": "structured SSAM-F 50 %",
     "structured-30": "structured SSAM-F 30 %",
 }
+for _name, _label in CHEAP_LABELS.items():
+    METHODS[_name] = Method("sam", None, _name)
+    LABELS[_name] = _label
+    METHODS["ssam-f-50+" + _name] = Method("fisher", 0.5, _name)
+    LABELS["ssam-f-50+" + _name] = f"SSAM-F 50 % + {_label}"
+# Calibration grids of rho (issue 23): SAM x0.5 to x4 of 0.15; schedules with
+# fewer SAM steps larger, momentum ascent larger still (MSAM used 3 against
+# SAM's 0.2); a method whose best rho is at an edge of its grid is extended
+# (`extended_grid`). A `ssam-f-50+` row uses its mechanism's grid.
+GRIDS = {
+    "sam": (0.075, 0.15, 0.3, 0.6),
+    "ssam-f-50": (0.15, 0.3, 0.6),
+    "structured-50": (0.15, 0.3, 0.6, 1.2),
+    "interval-2": (0.15, 0.3, 0.6),
+    "interval-5": (0.3, 0.6, 1.2),
+    "looksam-5": (0.3, 0.6, 1.2),
+    "trigger": (0.3, 0.6, 1.2),
+    "momentum": (0.6, 1.5, 3.0),
+    "late-25": (0.3, 0.6, 1.2),
+    "early-25": (0.3, 0.6, 1.2),
+}
+MAX_EXTENSIONS = 2  # grid points added per method when its best rho is at an edge
 # Arguments that define the experiment: a resumed --out must match them.
 BUDGET_ARGS = (
     "model",
@@ -89,7 +146,6 @@ BUDGET_ARGS = (
     "epochs",
     "batch",
     "lr",
-    "rho",
     "wd_sgd",
     "wd_sam",
     "label_noise",
@@ -232,7 +288,19 @@ RECIPES = {
 }
 
 
-def recipe_for(method, sparsity, info, args, steps, train=None, seed=0):
+def cheap_arguments(cheap, epochs, steps):
+    """The recipe arguments of a `CHEAP` mechanism for a run of `epochs` (`steps` steps)."""
+    options = dict(CHEAP[cheap]) if cheap else {}
+    if "trigger" in options:
+        options["trigger"] = keras_ssam.GradientNormTrigger(*options["trigger"], total_steps=steps)
+    if "window" in options:
+        first, last = options.pop("window")
+        start = min(int(first * epochs), epochs - 1)  # a short (smoke) run keeps one epoch
+        options["sam_epochs"] = (start, max(round(last * epochs), start + 1))
+    return options
+
+
+def recipe_for(method, sparsity, info, args, steps, train=None, seed=0, rho=None, cheap=None):
     """The shared recipe (`keras_ssam.experiments.recipes`) of a recipe method name."""
     base = models.build_model(
         args.model, info.num_classes, info.input_shape, data.preprocessing_layers(info)
@@ -241,26 +309,27 @@ def recipe_for(method, sparsity, info, args, steps, train=None, seed=0):
         method,
         base,
         keras.optimizers.schedules.CosineDecay(args.lr, max(steps, 1)),
-        rho=args.rho,
+        rho=args.rho if rho is None else rho,
         weight_decay=args.wd_sgd if method == "sgd" else args.wd_sam,
         sparsity=0.5 if sparsity is None else sparsity,
         train_data=train,
         num_samples=args.fisher_samples,
         seed=seed,
+        **cheap_arguments(cheap, args.epochs, steps),
     )
 
 
-def build(method, info, args, steps, train=None, seed=0):
-    """A compiled model for an evidence `method` and its mask callback (or None)."""
-    kind, sparsity = METHODS[method]
-    recipe = recipe_for(RECIPES[kind], sparsity, info, args, steps, train, seed)
+def build(method, info, args, steps, train=None, seed=0, rho=None):
+    """A compiled model for an evidence `method` and its callbacks (mask, rho window)."""
+    spec = METHODS[method]
+    recipe = recipe_for(
+        RECIPES[spec.kind], spec.sparsity, info, args, steps, train, seed, rho, spec.cheap
+    )
     recipe.compile()
-    return recipe.model, (recipe.callbacks[0] if recipe.callbacks else None)
+    return recipe.model, recipe.callbacks
 
 
 def support(model):
-    if not isinstance(model, keras_ssam.SSAMModel) or model.rho == 0:
-        return None  # SGD: nothing is perturbed
     rows = mask_distribution(model)
     total = sum(r["entries"] for r in rows)
     return {
@@ -271,16 +340,43 @@ def support(model):
     }
 
 
+def kinds_of(method):
+    """The step kinds a method's run can take (see `step_counts`)."""
+    spec = METHODS[method]
+    if spec.kind == "sgd":
+        return ("one_pass",)
+    if spec.cheap == "momentum":
+        return ("momentum",)
+    return ("sam", "one_pass") if spec.cheap else ("sam",)
+
+
+def step_counts(method, curve, steps_per_epoch):
+    """Steps of each kind in a run, from the per-epoch share of SAM steps.
+
+    `sam`: two passes; `one_pass`: one pass at w (SGD's cost plus the gate);
+    `momentum`: one pass at `w + e` from the momentum buffer.
+    """
+    total = len(curve) * steps_per_epoch
+    if kinds_of(method) == ("momentum",):
+        return {"momentum": total}
+    sam = sum(round(p.get("sam_steps", 0.0) * steps_per_epoch) for p in curve)
+    return {k: n for k, n in (("sam", sam), ("one_pass", total - sam)) if n}
+
+
 # ------------------------------------------------------------------ records
-def run(root, method, seed, args):
+def rho_of(method, rho):
+    return 0.0 if method == "sgd" else float(rho)
+
+
+def run(root, method, seed, rho, args, hessian=True):
     keras.utils.set_random_seed(seed)  # same initial weights for every method of a seed
     train, test, info = load(root, seed, args)
     _, curve_test, _ = load(
         root, seed, args, train_limit=128, test_limit=args.curve_images, drop_remainder=False
     )
     steps = args.epochs * info.steps_per_epoch
-    model, mask = build(method, info, args, steps, train, seed)
-    callbacks = [data.epoch_callback(info)] + ([mask] if mask else [])
+    model, callbacks = build(method, info, args, steps, train, seed, rho)
+    callbacks = [data.epoch_callback(info)] + callbacks
     curve = []
 
     def record(epoch, logs):
@@ -289,8 +385,8 @@ def run(root, method, seed, args):
         if args.curve_every and ((epoch + 1) % args.curve_every == 0 or epoch + 1 == args.epochs):
             point["curve_test_accuracy"] = count_correct(model, curve_test)[0] / args.curve_images
             print(  # progress of long runs
-                f"  {method} seed {seed} epoch {epoch + 1}: train acc {point['accuracy']:.3f}, "
-                f"curve test acc {point['curve_test_accuracy']:.3f}",
+                f"  {method} rho {rho:g} seed {seed} epoch {epoch + 1}: train acc "
+                f"{point['accuracy']:.3f}, curve test acc {point['curve_test_accuracy']:.3f}",
                 flush=True,
             )
         curve.append(point)
@@ -301,6 +397,30 @@ def run(root, method, seed, args):
     seconds = time.perf_counter() - start
     test_correct, test_count = count_correct(model, test)
     train_correct, train_count = count_correct(model, plain_train_stream(root, seed, args))
+    out = {
+        "method": method,
+        "seed": seed,
+        "rho": rho_of(method, rho),
+        "test_correct": test_correct,
+        "test_count": test_count,
+        "test_accuracy": test_correct / test_count,
+        "train_correct": train_correct,
+        "train_count": train_count,
+        "train_accuracy": train_correct / train_count,
+        "fit_train_accuracy": curve[-1]["accuracy"],
+        "steps": steps,
+        "step_counts": step_counts(method, curve, info.steps_per_epoch),
+        "non_finite_steps": int(keras.ops.convert_to_numpy(model.non_finite_steps)),
+        "seconds": seconds,
+        "support": None if method == "sgd" else support(model),
+        "curve": curve,
+    }
+    if hessian:
+        out.update(hessian_record(model, root, seed, args))
+    return out
+
+
+def hessian_record(model, root, seed, args):
     hx, hy = arrays(plain_train_stream(root, seed, args), args.hessian_examples)
     start = time.perf_counter()
     hessian = analysis.hessian_eigenvalues(
@@ -313,58 +433,79 @@ def run(root, method, seed, args):
         verbose=0,
     )
     return {
-        "method": method,
-        "seed": seed,
-        "test_correct": test_correct,
-        "test_count": test_count,
-        "test_accuracy": test_correct / test_count,
-        "train_correct": train_correct,
-        "train_count": train_count,
-        "train_accuracy": train_correct / train_count,
-        "fit_train_accuracy": curve[-1]["accuracy"],
-        "steps": steps,
-        "seconds": seconds,
         "hessian_top": hessian["eigenvalues"][0],
         "hessian_iterations": hessian["iterations"],
         "hessian_examples": int(len(hy)),
         "hessian_seconds": time.perf_counter() - start,
-        "support": support(model),
-        "curve": curve,
     }
 
 
-def timing(root, seed, methods, args):
-    """Seconds per step of every method, interleaved in this process (median)."""
+# ------------------------------------------------------------------ step-kind timing
+def force_kind(model, kind, rho):
+    """Puts `model` in the state whose next step is of `kind` (for timing only)."""
+    if not isinstance(model, keras_ssam.SSAMModel) or model.ascent == "momentum":
+        if kind == "momentum":
+            model.rho = rho
+        return
+    if kind == "one_pass":
+        model.rho = 0.0  # never a SAM step: the gate's other branch
+        return
+    model.rho = rho
+    if model.interval > 1:
+        it = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        model.optimizer.iterations.assign(it + (-it) % model.interval)
+    if model.trigger is not None:
+        # With no variance yet and a mean far below ||g||^2 the trigger fires
+        # whenever it can fire at all (c_t * sqrt(1 - delta) <= 1).
+        model.trigger_mean.assign(-1e6)
+        model.trigger_variance.assign(0.0)
+
+
+def first_mask(model, callbacks):
+    """Sets the first mask as `fit` does before its first step."""
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.set_params({"epochs": 1, "steps": 1})
+        callback.on_train_begin()
+        callback.on_epoch_begin(0)
+        callback.on_train_batch_begin(0)
+
+
+def timing(root, seed, rhos, args):
+    """Seconds per step of each (method, step kind), interleaved in this process (median).
+
+    `rhos`: `{method: rho}`. Every round times one step of every pair, in turn,
+    on a real training batch; a step of the wrong kind raises.
+    """
     keras.utils.set_random_seed(seed)
     train, _, info = load(root, seed, args)
     x, y = arrays(train.take(args.timing_warmup + args.timing_steps))
     built = {}
-    for method in methods:
+    for method, rho in rhos.items():
         keras.utils.set_random_seed(seed)
-        model, mask = build(method, info, args, 1000, train, seed)
-        if mask is not None:  # the first mask, as fit sets it before its first step
-            mask.set_model(model)
-            mask.set_params({"epochs": 1, "steps": 1})
-            mask.on_train_begin()
-            mask.on_epoch_begin(0)
-            mask.on_train_batch_begin(0)
+        model, callbacks = build(method, info, args, 1000, train, seed, rho)
+        first_mask(model, callbacks)
         built[method] = model
-    times = {m: [] for m in methods}
+    pairs = [(m, k) for m in built for k in kinds_of(m)]
+    times = {pair: [] for pair in pairs}
     b = args.batch
     for step in range(args.timing_warmup + args.timing_steps):
         xb, yb = x[(step * b) % len(x) :][:b], y[(step * b) % len(y) :][:b]
-        for method, model in built.items():
+        for method, kind in pairs:
+            model = built[method]
+            force_kind(model, kind, rhos[method])
             start = time.perf_counter()
-            model.train_on_batch(xb, yb)
+            logs = model.train_on_batch(xb, yb, return_dict=True)
+            elapsed = time.perf_counter() - start
+            expected = {"sam": 1.0, "one_pass": 0.0}.get(kind)
+            if expected is not None and logs.get("sam_steps", 0.0) != expected:
+                raise RuntimeError(f"{method}: a {kind} step was timed as {logs}")
             if step >= args.timing_warmup:
-                times[method].append(time.perf_counter() - start)
-    median = {m: float(np.median(t)) for m, t in times.items()}
-    ref = median.get("sgd")
-    return {
-        "seed": seed,
-        "seconds_per_step": median,
-        "relative_to_sgd": {m: s / ref for m, s in median.items()} if ref else None,
-    }
+                times[(method, kind)].append(elapsed)
+    kinds = {m: {} for m in built}
+    for (method, kind), values in times.items():
+        kinds[method][kind] = float(np.median(values))
+    return {"seed": seed, "rhos": dict(rhos), "seconds_per_step": kinds}
 
 
 def methods_to_time(timings, seed, methods):
@@ -372,124 +513,71 @@ def methods_to_time(timings, seed, methods):
 
     Ratios are only comparable within one interleaved measurement, so a method
     added later re-times the whole seed: the methods already timed and the new ones.
+    Records of the single-step timing used before issue 23 (no step kinds) are redone.
     """
-    timed = next((t["seconds_per_step"] for t in timings if t["seed"] == seed), {})
+    record = next((t for t in timings if t["seed"] == seed and "rhos" in t), None)
+    timed = record["seconds_per_step"] if record else {}
     if all(m in timed for m in methods):
         return None
     return [m for m in METHODS if m in timed or m in methods]
 
 
-# ------------------------------------------------------------------ summary
-def mean_std(values):
-    values = np.asarray(values, float)
-    if not len(values):
-        return None, None
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+# ------------------------------------------------------------------ the plan
+def records_of(runs, method, rho=None):
+    return [r for r in runs if r["method"] == method and (rho is None or r["rho"] == rho)]
 
 
-def summarize(result):
-    """Per method: mean ± std (sample) of accuracies, paired differences to SAM
-    (same seed), step-time ratio to SGD (per-seed interleaved timing)."""
-    runs, timings = result["runs"], result["timing"]
-    sam = {r["seed"]: r["test_accuracy"] for r in runs if r["method"] == "sam"}
-    out = {}
-    for method in METHODS:
-        picked = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
-        if not picked:
-            continue
-        accs = [100 * r["test_accuracy"] for r in picked]
-        diffs = [100 * (r["test_accuracy"] - sam[r["seed"]]) for r in picked if r["seed"] in sam]
-        ratios = [
-            t["relative_to_sgd"][method]
-            for t in timings
-            if t.get("relative_to_sgd") and method in t["relative_to_sgd"]
-        ]
-        row = {
-            "seeds": [r["seed"] for r in picked],
-            "test_accuracy": accs,
-            "test_accuracy_mean": mean_std(accs)[0],
-            "test_accuracy_std": mean_std(accs)[1],
-            "diff_to_sam": diffs if method != "sam" else [],
-            "diff_to_sam_mean": mean_std(diffs)[0] if method != "sam" else None,
-            "diff_to_sam_std": mean_std(diffs)[1] if method != "sam" else None,
-            "train_accuracy_mean": mean_std([100 * r["train_accuracy"] for r in picked])[0],
-            "fit_train_accuracy_mean": mean_std([100 * r["fit_train_accuracy"] for r in picked])[0],
-            "step_ratio_mean": mean_std(ratios)[0],
-            "step_ratio_std": mean_std(ratios)[1],
-            "hessian_top_mean": mean_std([r["hessian_top"] for r in picked])[0],
-            "hessian_top_std": mean_std([r["hessian_top"] for r in picked])[1],
-            "minutes_per_run": float(np.mean([r["seconds"] for r in picked]) / 60),
-        }
-        sup = [r["support"] for r in picked if r.get("support")]
-        if sup:
-            row["density_mean"] = float(np.mean([s["density"] for s in sup]))
-            row["support_fraction_mean"] = float(np.mean([s["support_fraction"] for s in sup]))
-            row["first_perturbed"] = sorted({s["first_perturbed"] for s in sup})
-        out[method] = row
-    return out
+def extended_grid(runs, method, seeds, args):
+    """`method`'s calibration grid, extended by factors of 2 while its best rho is at an edge.
+
+    Best: the highest mean test accuracy over `seeds` (the same seeds for every
+    rho, so this is the highest mean gain over SGD, paired). An extension is
+    only decided when every grid point has all of `seeds`.
+    """
+    grid = args.rhos or GRIDS.get(METHODS[method].cheap or method, (args.rho,))
+    grid = sorted(grid)
+    for _ in range(MAX_EXTENSIONS):
+        means = []
+        for rho in grid:
+            done = {r["seed"]: r["test_accuracy"] for r in records_of(runs, method, rho)}
+            if not all(s in done for s in seeds):
+                return grid
+            means.append(np.mean([done[s] for s in seeds]))
+        best = int(np.argmax(means))
+        if len(grid) < 2 or 0 < best < len(grid) - 1:
+            return grid
+        grid = [grid[0] / 2] + grid if best == 0 else grid + [grid[-1] * 2]
+    return grid
 
 
-def _fmt(mean, std, digits=2, signed=False):
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "—"
-    return f"{mean:{'+' if signed else ''}.{digits}f} ± {std:.{digits}f}"
+def chosen_rho(runs, method, seeds, args):
+    """The calibration choice: the grid's rho with the highest mean test accuracy over `seeds`.
+
+    None until every point of the (extended) grid has all of `seeds`.
+    """
+    if method == "sgd":
+        return 0.0
+    means = {}
+    for rho in extended_grid(runs, method, seeds, args):
+        done = {r["seed"]: r["test_accuracy"] for r in records_of(runs, method, rho)}
+        if not all(s in done for s in seeds):
+            return None
+        means[rho] = np.mean([done[s] for s in seeds])
+    return max(means, key=means.get)
 
 
-def table(summary):
-    lines = [
-        "| method | test acc. % (mean ± std) | per seed | − SAM, paired | train acc. % "
-        "| step time ÷ SGD | top Hessian eigenvalue | support |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for method, row in summary.items():
-        sup = "—"
-        if "density_mean" in row:
-            sup = (
-                f"density {100 * row['density_mean']:.1f} %, support "
-                f"{100 * row['support_fraction_mean']:.1f} % of params"
-            )
-            if method.startswith("structured"):
-                sup += f" from {', '.join(row['first_perturbed'])}"
-        paired = _fmt(row["diff_to_sam_mean"], row["diff_to_sam_std"], signed=True)
-        lines.append(
-            f"| {LABELS[method]} | {_fmt(row['test_accuracy_mean'], row['test_accuracy_std'])}"
-            f" | {' / '.join(f'{a:.1f}' for a in row['test_accuracy'])}"
-            f" | {'—' if method == 'sam' else paired}"
-            f" | {row['train_accuracy_mean']:.1f}"
-            f" | {_fmt(row['step_ratio_mean'], row['step_ratio_std'])}"
-            f" | {_fmt(row['hessian_top_mean'], row['hessian_top_std'], 1)} | {sup} |"
-        )
-    return "\n".join(lines)
-
-
-def figure(summary, path):
-    """Test accuracy against step time ÷ SGD, one point per method, ± std bars."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for method, row in summary.items():
-        if row["step_ratio_mean"] is None:
-            continue
-        ax.errorbar(
-            row["step_ratio_mean"],
-            row["test_accuracy_mean"],
-            xerr=row["step_ratio_std"],
-            yerr=row["test_accuracy_std"],
-            fmt="o",
-            capsize=3,
-            label=LABELS[method],
-        )
-    ax.set_xlabel("step time ÷ SGD step (interleaved, same process)")
-    ax.set_ylabel("test accuracy % (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+def pending(result, args, seeds):
+    """The (method, seed, rho) records still to run, in order."""
+    done = {(r["method"], r["seed"], r["rho"]) for r in result["runs"]}
+    todo = []
+    for method in args.methods:
+        if args.calibrate:
+            rhos = [0.0] if method == "sgd" else extended_grid(result["runs"], method, seeds, args)
+        else:
+            rhos = [rho_of(method, result["chosen_rho"].get(method, args.rho))]
+        for rho in rhos:
+            todo += [(method, s, rho) for s in seeds if (method, s, rho) not in done]
+    return todo
 
 
 # ------------------------------------------------------------------ main
@@ -512,19 +600,40 @@ def parse(argv=None):
     parser.add_argument("--out", default="runs/evidence.json")
     parser.add_argument("--figure", default=None, help="PNG path for accuracy vs cost")
     parser.add_argument("--quick", action="store_true", help="smoke run (QUICK budget)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(LABELS)[:8], choices=list(METHODS))
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="run every method over its rho grid (GRIDS, extended at an edge), no Hessians, "
+        "no timing",
+    )
+    parser.add_argument(
+        "--rhos",
+        type=float,
+        nargs="+",
+        default=None,
+        help="with --calibrate: this grid for every method instead of GRIDS",
+    )
+    parser.add_argument(
+        "--rho-from",
+        default=None,
+        help="a calibration JSON: each method runs at the rho chosen there (its calibration "
+        "seeds' best mean test accuracy); methods it lacks use --rho",
+    )
     parser.add_argument("--no-timing", action="store_true", help="skip step-time records")
+    parser.add_argument("--timing-only", action="store_true", help="only the step-time records")
+    parser.add_argument("--no-hessian", action="store_true", help="skip the Hessian eigenvalue")
     parser.add_argument(
         "--only-seeds",
         type=int,
         nargs="+",
         default=None,
-        help="run these seeds only (e.g. to shard seeds over processes, one --out each)",
+        help="run these seeds only (e.g. the held-out seeds 3 4 5 6 7)",
     )
     parser.add_argument("--model", default="proxy_cnn", choices=sorted(models.MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--rho", type=float, default=0.15)
+    parser.add_argument("--rho", type=float, default=0.15, help="rho where no other is chosen")
     parser.add_argument("--wd-sgd", type=float, default=5e-4)
     parser.add_argument("--wd-sam", type=float, default=1e-3)
     parser.add_argument("--label-noise", type=float, default=0.4)
@@ -543,14 +652,31 @@ def parse(argv=None):
             setattr(args, name, value)
     if not 0 <= args.label_noise < 1:
         parser.error("--label-noise must be in [0, 1)")
+    if args.calibrate and args.rho_from:
+        parser.error("--calibrate chooses rho itself: drop --rho-from")
     return args
+
+
+def upgrade(saved):
+    """Records written before issue 23 ran every SAM-type row at the file's one rho,
+    and every step of theirs was of one kind."""
+    for r in saved["runs"]:
+        r.setdefault("rho", rho_of(r["method"], saved["args"].get("rho", 0.15)))
+        if "step_counts" not in r:
+            r["step_counts"] = {kinds_of(r["method"])[0]: r["steps"]}
+    saved.setdefault("chosen_rho", {})
+    return saved
+
+
+def read(path):
+    with open(path) as f:
+        return upgrade(json.load(f))
 
 
 def previous(args):
     if not os.path.exists(args.out):
-        return {"args": vars(args), "runs": [], "timing": []}
-    with open(args.out) as f:
-        saved = json.load(f)
+        return {"args": vars(args), "runs": [], "timing": [], "chosen_rho": {}}
+    saved = read(args.out)
     changed = [k for k in BUDGET_ARGS if saved["args"].get(k) != getattr(args, k)]
     if changed:
         raise SystemExit(
@@ -565,41 +691,161 @@ def previous(args):
     return saved
 
 
-def save(args, result):
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    result["summary"] = summarize(result)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, args.out)
+def key(record):
+    return record["method"], record["seed"], record["rho"]
+
+
+class Store:
+    """`--out`, shared by any number of processes: each write merges under a file lock.
+
+    A process claims a record before running it, so several processes on the
+    same command share the work; a claim whose process is gone is ignored.
+    """
+
+    def __init__(self, args, result):
+        self.args, self.result = args, result
+
+    def _merged(self):
+        self.result.setdefault("claims", {})
+        if not os.path.exists(self.args.out):
+            return
+        disk = read(self.args.out)
+        mine = {key(r) for r in self.result["runs"]}
+        self.result["runs"] += [r for r in disk["runs"] if key(r) not in mine]
+        seeds = {t["seed"] for t in self.result["timing"]}
+        self.result["timing"] += [t for t in disk["timing"] if t["seed"] not in seeds]
+        claims = {k: v for k, v in disk.get("claims", {}).items() if _alive(v)}
+        # Only this process's own claims come from memory: another's may be done.
+        claims.update({k: v for k, v in self.result.get("claims", {}).items() if v == os.getpid()})
+        done = {json.dumps(key(r)) for r in self.result["runs"]}
+        self.result["claims"] = {k: v for k, v in claims.items() if k not in done}
+        for method, rho in disk["chosen_rho"].items():
+            self.result["chosen_rho"].setdefault(method, rho)
+
+    def update(self, change=None):
+        """Merges the file, applies `change(result)`, writes; returns `change`'s value."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
+        with open(self.args.out + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._merged()
+            value = change(self.result) if change else None
+            self.result["summary"] = report.summarize(self.result)
+            tmp = f"{self.args.out}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.result, f, indent=1)
+            os.replace(tmp, self.args.out)
+        return value
+
+    def claim(self, todo):
+        """The first record of `todo` that is neither done nor claimed, now claimed; or None."""
+
+        def take(result):
+            done = {key(r) for r in result["runs"]}
+            for item in todo:
+                name = json.dumps(item)
+                if item not in done and name not in result["claims"]:
+                    result["claims"][name] = os.getpid()
+                    return item
+            return None
+
+        return self.update(take)
+
+    def add(self, item, record):
+        def put(result):
+            result["runs"].append(record)
+            result["claims"].pop(json.dumps(item), None)
+
+        self.update(put)
+
+    def others_busy(self):
+        self.update()
+        return any(pid != os.getpid() for pid in self.result["claims"].values())
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def seeds_of(args):
+    return args.only_seeds if args.only_seeds is not None else list(range(args.seeds))
+
+
+def choose_rhos(args, result):
+    """`--rho-from`: each method's rho chosen on that file's calibration seeds."""
+    calibration = read(args.rho_from)
+    seeds = sorted({r["seed"] for r in calibration["runs"]})
+    # The grids the calibration ran: its own --rhos / --rho, not this command's.
+    grids = argparse.Namespace(rhos=calibration["args"].get("rhos"), rho=calibration["args"]["rho"])
+    for method in args.methods:
+        picked = {r["seed"] for r in records_of(calibration["runs"], method)}
+        rho = chosen_rho(calibration["runs"], method, sorted(picked & set(seeds)), grids)
+        if rho is None:
+            raise SystemExit(f"{args.rho_from} has no finished rho grid for {method}.")
+        old = result["chosen_rho"].get(method)
+        if old is not None and old != rho:
+            raise SystemExit(
+                f"{args.out} was run with rho {old} for {method}; {args.rho_from} now "
+                f"chooses {rho}: pass another --out."
+            )
+        result["chosen_rho"][method] = rho
+
+
+def time_seeds(args, store, seeds):
+    for seed in seeds:
+        to_time = methods_to_time(store.result["timing"], seed, args.methods)
+        if not to_time:
+            continue
+        rhos = {m: rho_of(m, store.result["chosen_rho"].get(m, args.rho)) for m in to_time}
+        record = timing(store.root, seed, rhos, args)
+        print(json.dumps(record), flush=True)
+
+        def put(result, record=record):
+            result["timing"] = [t for t in result["timing"] if t["seed"] != seed] + [record]
+
+        store.update(put)
+
+
+def run_records(args, store, seeds):
+    hessian = not (args.no_hessian or args.calibrate)
+    while True:
+        item = store.claim(pending(store.result, args, seeds))
+        if item is None:
+            if not store.others_busy():
+                return
+            time.sleep(30)  # another process's record may extend a grid
+            continue
+        method, seed, rho = item
+        record = run(store.root, method, seed, rho, args, hessian=hessian)
+        brief = {k: v for k, v in record.items() if k not in ("curve", "support")}
+        print(json.dumps(brief), flush=True)
+        store.add(item, record)
 
 
 def main(argv=None):
     args = parse(argv)
     if not os.path.exists(args.data):
         raise SystemExit(f"CIFAR-10 archive not found at {args.data}; pass --data.")
-    root = noisy_folder(
+    store = Store(args, previous(args))
+    store.root = noisy_folder(
         extract(args.data, args.cache), args.label_noise, args.noise_seed, args.cache
     )
-    result = previous(args)
-    for seed in args.only_seeds if args.only_seeds is not None else range(args.seeds):
-        to_time = None if args.no_timing else methods_to_time(result["timing"], seed, args.methods)
-        if to_time:
-            result["timing"] = [t for t in result["timing"] if t["seed"] != seed]
-            result["timing"].append(timing(root, seed, to_time, args))
-            print(json.dumps(result["timing"][-1]), flush=True)
-            save(args, result)
-        for method in args.methods:
-            if any((r["method"], r["seed"]) == (method, seed) for r in result["runs"]):
-                continue  # resumed: already in --out
-            result["runs"].append(run(root, method, seed, args))
-            brief = {k: v for k, v in result["runs"][-1].items() if k not in ("curve", "support")}
-            print(json.dumps(brief), flush=True)
-            save(args, result)
-    save(args, result)
-    print(table(result["summary"]))
+    if args.rho_from:
+        choose_rhos(args, store.result)
+    seeds = seeds_of(args)
+    if not (args.no_timing or args.calibrate):
+        time_seeds(args, store, seeds)
+    if not args.timing_only:
+        run_records(args, store, seeds)
+    store.update()
+    print(report.table(store.result["summary"], LABELS))
     if args.figure:
-        print("wrote", figure(result["summary"], args.figure))
+        print("wrote", report.figure(store.result["summary"], LABELS, args.figure))
 
 
 if __name__ == "__main__":

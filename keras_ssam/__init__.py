@@ -25,7 +25,7 @@ from keras_ssam.masks import (
     StructuredFisherMask,
 )
 from keras_ssam.perturbation import sparse_perturbation
-from keras_ssam.schedules import LinkedRhoScheduler, RhoScheduler
+from keras_ssam.schedules import LinkedRhoScheduler, RhoScheduler, RhoWindow
 from keras_ssam.ssam_model import SSAMModel
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "MaskCallback",
     "RandomMask",
     "RhoScheduler",
+    "RhoWindow",
     "SSAMModel",
     "StructuredFisherMask",
     "sparse_perturbation",

@@ -145,6 +145,15 @@ def build_parser():
         help="AE-SAM gradient-norm trigger (keras_ssam.GradientNormTrigger); T is the run's "
         "number of steps",
     )
+    t.add_argument(
+        "--sam-epochs",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("START", "STOP"),
+        help="SAM steps only in epochs START <= epoch < STOP (from 0), rho 0 (one pass) "
+        "outside: keras_ssam.RhoWindow; e.g. the last quarter of 40 epochs is 30 40",
+    )
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -295,6 +304,8 @@ def _check_cheap_steps(args):
         _fail("--ascent momentum does not combine with --sam-interval, --trigger or --between.")
     if args.trigger is not None and not 0 < args.trigger[0] < 1:
         _fail(f"--trigger DELTA must be in (0, 1); received {args.trigger[0]}.")
+    if args.sam_epochs is not None and not 0 <= args.sam_epochs[0] < args.sam_epochs[1]:
+        _fail(f"--sam-epochs needs 0 <= START < STOP; received {args.sam_epochs}.")
 
 
 def _backup_dir(args, strategy):
@@ -381,6 +392,7 @@ def build(args, info, train_data=None):
         trigger=trigger,
         ascent=args.ascent,
         ascent_momentum=args.ascent_momentum,
+        sam_epochs=args.sam_epochs,
         seed=args.seed,
     )
 

@@ -13,78 +13,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from reference import D, H, make_data, make_params, mlp_grad, numpy_perturbation
+from reference import (
+    D,
+    PassCounter,
+    batches_of,
+    counted_mlp,
+    make_data,
+    make_params,
+    mlp_grad,
+    momentum_reference,
+    numpy_perturbation,
+)
 from reference_cnn import BN_MOMENTUM, LOSS, B, cnn, data, keras_params, reference_step, top_masks
 
 import keras_ssam
 from keras_ssam import GradientNormTrigger, SSAMModel
-
-
-@keras.saving.register_keras_serializable(package="tests")
-class PassCounter(keras.layers.Layer):
-    """Identity that counts its training-mode runs.
-
-    The counter is a plain `tf.Variable`: Keras' `StatelessScope` (pass 2)
-    only intercepts Keras variables, so the count survives that pass.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.runs = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    def call(self, x, training=None):
-        if training:
-            self.runs.assign_add(1)
-        return x
-
-
-def counted_mlp(params):
-    """The reference MLP (Dense relu, Dense) with a pass counter on top."""
-    counter = PassCounter()
-    inputs = keras.Input((D,))
-    h = keras.layers.Dense(H, activation="relu")(inputs)
-    out = counter(keras.layers.Dense(params[3].shape[0])(h))
-    model = keras.Model(inputs, out)
-    model.set_weights(params)
-    return model, counter
-
-
-def momentum_reference(params, batches, rho, lr, momentum, sam_steps, between="sgd", alpha=0.0):
-    """Keras-convention momentum SGD where only `sam_steps` are SAM steps (NumPy, float64).
-
-    `between="looksam"` adds `alpha * ||g|| * g_v_hat` on the other steps, with
-    `g_v_hat` from the last SAM step (MSAM's global-norm LookSAM).
-    """
-    params = [p.astype(np.float64) for p in params]
-    velocity = [np.zeros_like(p) for p in params]
-    direction = [np.zeros_like(p) for p in params]
-    for step, (x, y) in enumerate(batches):
-        _, g = mlp_grad([p.astype(np.float32) for p in params], x, y)
-        g = [a.astype(np.float64) for a in g]
-        if step in sam_steps:
-            ones = [np.ones_like(p) for p in params]
-            e = numpy_perturbation(g, ones, rho)
-            moved = [(p + ei).astype(np.float32) for p, ei in zip(params, e)]
-            _, gs = mlp_grad(moved, x, y)
-            gs = [a.astype(np.float64) for a in gs]
-            dot = sum(np.sum(a * b) for a, b in zip(g, gs))
-            norm_sq = sum(np.sum(a**2) for a in g)
-            gv = [b - dot / (norm_sq + 1e-12) * a for a, b in zip(g, gs)]
-            norm_v = np.sqrt(sum(np.sum(v**2) for v in gv))
-            direction = [v / norm_v for v in gv]
-            update = gs
-        elif between == "looksam":
-            norm = np.sqrt(sum(np.sum(a**2) for a in g))
-            update = [a + alpha * norm * d for a, d in zip(g, direction)]
-        else:
-            update = g
-        velocity = [momentum * v - lr * u for v, u in zip(velocity, update)]
-        params = [p + v for p, v in zip(params, velocity)]
-    return params
-
-
-def batches_of(x, y, size):
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def fit_mlp(params, x, y, steps, momentum=0.9, **kwargs):

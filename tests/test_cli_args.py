@@ -76,6 +76,8 @@ def test_a_value_the_cli_refuses_is_refused_by_hessian_eigenvalues(argument):
         (["--ascent", "mom"], "--ascent must be one of gradient, momentum; received 'mom'."),
         (["--ascent", "momentum", "--ascent-momentum", "1"], "must be in [0, 1); received 1.0."),
         (["--ascent", "momentum", "--sam-interval", "2"], "does not combine"),
+        (["--sam-epochs", "5", "5"], "--sam-epochs needs 0 <= START < STOP; received [5, 5]."),
+        (["--sam-epochs", "-1", "3"], "--sam-epochs needs 0 <= START < STOP; received [-1, 3]."),
     ],
 )
 def test_train_rejects_bad_step_kind_flags_before_loading_anything(monkeypatch, argv, message):

@@ -11,9 +11,16 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import make_data, make_params, mlp_grad, random_masks
+from reference import (
+    PassCounter,
+    batches_of,
+    counted_mlp,
+    make_data,
+    make_params,
+    mlp_grad,
+    random_masks,
+)
 from reference_cnn import LOSS, B, cnn, data
-from test_cheap_steps import PassCounter, batches_of, counted_mlp
 
 from keras_ssam import GradientNormTrigger, SSAMModel
 

@@ -48,6 +48,39 @@ def test_cli_and_evidence_build_the_same_method(method):
     assert recipes.describe(recipe) == from_cli
 
 
+CHEAP_FLAGS = {  # evidence.py's cheap rows and the CLI flags that train the same thing
+    "interval-2": ["--sam-interval", "2"],
+    "interval-5": ["--sam-interval", "5"],
+    "looksam-5": ["--sam-interval", "5", "--between", "looksam"],
+    "trigger": ["--trigger", *map(str, evidence.TRIGGER)],
+    "momentum": ["--ascent", "momentum"],
+    "late-25": ["--sam-epochs", "30", "40"],
+    "early-25": ["--sam-epochs", "0", "10"],
+}
+
+
+@pytest.mark.parametrize("cheap", sorted(CHEAP_FLAGS))
+@pytest.mark.parametrize("mask", ["sam", "ssam-f"])
+def test_cli_flags_build_the_evidence_cheap_rows(cheap, mask):
+    name = cheap if mask == "sam" else f"ssam-f-50+{cheap}"
+    flags = ["--epochs", "40", "--seed", "3", "--sparsity", "0.5", *CHEAP_FLAGS[cheap]]
+    args, from_cli = cli_recipe(mask, flags)
+    info = data_lib.DatasetInfo("x", 10, (32, 32, 3), 50_000, 0, (0.0,) * 3, (1.0,) * 3)
+    info.steps_per_epoch = data_lib.steps_per_epoch(info, args.batch_size, True)
+    settings = evidence.parse(
+        [
+            "--model", "small_cnn", "--lr", str(args.lr), "--epochs", "40",
+            "--wd-sam", str(args.weight_decay), "--fisher-samples", str(args.num_samples),
+        ]
+    )  # fmt: skip
+    spec = evidence.METHODS[name]
+    recipe = evidence.recipe_for(
+        evidence.RECIPES[spec.kind], spec.sparsity, info, settings, 40 * info.steps_per_epoch,
+        stream(), seed=3, rho=args.rho, cheap=spec.cheap,
+    )  # fmt: skip
+    assert recipes.describe(recipe) == from_cli
+
+
 def test_every_method_is_an_ssam_model_and_sgd_is_rho_zero():
     for method in recipes.METHODS:
         _, described = cli_recipe(method)

@@ -61,6 +61,7 @@ def build(
     trigger=None,
     ascent="gradient",
     ascent_momentum=0.9,
+    sam_epochs=None,
     seed=0,
     metrics=("accuracy",),
 ):
@@ -74,6 +75,9 @@ def build(
         rho, adaptive, interval, between, alpha, trigger, ascent: `SSAMModel`'s
             (ignored for `sgd`, whose rho is 0); `ascent_momentum` is its
             `momentum` (the ascent buffer's, not the optimizer's).
+        sam_epochs: `None` (every epoch) or `(start, stop)`: SAM steps only
+            in epochs `start <= epoch < stop` (from 0), rho 0 (one pass)
+            outside, by a `RhoScheduler(RhoWindow(rho, start, stop))` callback.
         weight_decay: Float >= 0.
         weight_decay_mode: `"coupled"` or `"decoupled"`.
         sparsity, num_samples, update_interval, drop_rate, seed: The mask
@@ -118,10 +122,12 @@ def build(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=list(metrics),
     )
-    callback = mask_callback(
-        method, train_data, sparsity, num_samples, update_interval, drop_rate, seed
-    )
-    return Recipe(model, compile_kwargs, [] if callback is None else [callback])
+    callbacks = [
+        mask_callback(method, train_data, sparsity, num_samples, update_interval, drop_rate, seed)
+    ]
+    if sam_epochs is not None and method != "sgd":
+        callbacks.append(keras_ssam.RhoScheduler(keras_ssam.RhoWindow(rho, *sam_epochs)))
+    return Recipe(model, compile_kwargs, [c for c in callbacks if c is not None])
 
 
 def mask_callback(method, train_data, sparsity, num_samples, update_interval, drop_rate, seed):

@@ -2,5 +2,6 @@
 
 from keras_ssam.schedules.linked_rho_scheduler import LinkedRhoScheduler
 from keras_ssam.schedules.rho_scheduler import RhoScheduler
+from keras_ssam.schedules.rho_window import RhoWindow
 
-__all__ = ["LinkedRhoScheduler", "RhoScheduler"]
+__all__ = ["LinkedRhoScheduler", "RhoScheduler", "RhoWindow"]

@@ -1,0 +1,243 @@
+"""The evidence table from `evidence.py`'s records: paired gains, share of SAM's gain, cost.
+
+Every number here is recomputed from the records (one per method, seed and
+rho) and the per-seed step-kind timings, so a table can be rebuilt from the
+JSON alone:
+
+    python benchmarks/evidence_report.py docs/evidence-heldout.json [--figure PNG]
+"""
+
+import argparse
+import math
+import os
+
+import numpy as np
+
+BOOTSTRAP = 10_000
+
+
+def mean_std(values):
+    values = np.asarray(values, float)
+    if not len(values):
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def group_name(method, rho):
+    return f"{method}@{rho:g}"
+
+
+def groups(runs):
+    """`{(method, rho): {seed: record}}`."""
+    out = {}
+    for r in runs:
+        out.setdefault((r["method"], r["rho"]), {})[r["seed"]] = r
+    return out
+
+
+def reference_sam(grouped, chosen):
+    """The SAM group gains are shared against: the chosen rho, else the best mean accuracy."""
+    if "sam" in chosen and ("sam", chosen["sam"]) in grouped:
+        return grouped[("sam", chosen["sam"])]
+    sams = {k: v for k, v in grouped.items() if k[0] == "sam"}
+    if not sams:
+        return {}
+    return max(sams.values(), key=lambda g: np.mean([r["test_accuracy"] for r in g.values()]))
+
+
+def share_of_gain(gains, sam_gains, rng):
+    """Mean paired gain over SGD ÷ SAM's, with a 95 % bootstrap interval over seeds.
+
+    Resampling whole seeds keeps each seed's method and SAM gains together; a
+    per-seed ratio is not used because it blows up where SAM's gain is near 0.
+    """
+    gains, sam_gains = np.asarray(gains, float), np.asarray(sam_gains, float)
+    share = float(gains.mean() / sam_gains.mean()) if sam_gains.mean() else math.nan
+    if len(gains) < 2:
+        return share, None
+    idx = rng.integers(0, len(gains), (BOOTSTRAP, len(gains)))
+    denominators = sam_gains[idx].mean(1)
+    ok = denominators > 0  # a resample where SAM gains nothing has no share
+    ratios = gains[idx].mean(1)[ok] / denominators[ok]
+    return share, [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
+def step_cost(record, timing):
+    """Seconds of the run's steps (count of each kind × its median time) ÷ as many SGD steps."""
+    kinds = timing["seconds_per_step"]
+    method = record["method"]
+    if method not in kinds or "sgd" not in kinds:
+        return None
+    counts = record["step_counts"]
+    if any(k not in kinds[method] for k, n in counts.items() if n):
+        return None
+    seconds = sum(n * kinds[method][k] for k, n in counts.items() if n)
+    return seconds / (sum(counts.values()) * kinds["sgd"]["one_pass"])
+
+
+def summarize(result):
+    """Per (method, rho): accuracies, paired gains over SGD, share of SAM's gain, cost."""
+    grouped = groups(result["runs"])
+    chosen = result.get("chosen_rho", {})
+    sgd = next((g for (m, _), g in grouped.items() if m == "sgd"), {})
+    sam = reference_sam(grouped, chosen)
+    timings = {t["seed"]: t for t in result["timing"] if "rhos" in t}
+    rng = np.random.default_rng(0)
+    out = {}
+    for (method, rho), by_seed in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        seeds = sorted(by_seed)
+        picked = [by_seed[s] for s in seeds]
+        paired = [s for s in seeds if s in sgd]
+        gains = [100 * (by_seed[s]["test_accuracy"] - sgd[s]["test_accuracy"]) for s in paired]
+        both = [s for s in paired if s in sam]
+        share, interval = (None, None)
+        if both and method != "sgd":
+            share, interval = share_of_gain(
+                [100 * (by_seed[s]["test_accuracy"] - sgd[s]["test_accuracy"]) for s in both],
+                [100 * (sam[s]["test_accuracy"] - sgd[s]["test_accuracy"]) for s in both],
+                rng,
+            )
+        costs = [step_cost(by_seed[s], timings[s]) for s in seeds if s in timings]
+        costs = [c for c in costs if c is not None]
+        fit = [by_seed[s]["seconds"] / sgd[s]["seconds"] for s in paired]
+        sam_share = [100 * r["step_counts"].get("sam", 0) / r["steps"] for r in picked]
+        hessian = [r["hessian_top"] for r in picked if r.get("hessian_top") is not None]
+        row = {
+            "method": method,
+            "rho": rho,
+            "chosen": chosen.get(method) == rho,
+            "seeds": seeds,
+            "test_accuracy": [100 * r["test_accuracy"] for r in picked],
+            "gain_over_sgd": gains,
+            "share_of_sam_gain": share,
+            "share_interval": interval,
+            "share_seeds": both,
+            "sam_steps_percent_mean": mean_std(sam_share)[0],
+            "cost_ratio": costs,
+            "fit_time_ratio": fit,
+            "train_accuracy_mean": mean_std([100 * r["train_accuracy"] for r in picked])[0],
+            "non_finite_steps": sum(r.get("non_finite_steps", 0) for r in picked),
+            "minutes_per_run": float(np.mean([r["seconds"] for r in picked]) / 60),
+        }
+        for name, values in (
+            ("test_accuracy", row["test_accuracy"]),
+            ("gain_over_sgd", gains),
+            ("cost_ratio", costs),
+            ("fit_time_ratio", fit),
+            ("hessian_top", hessian),
+        ):
+            row[name + "_mean"], row[name + "_std"] = mean_std(values)
+        sup = [r["support"] for r in picked if r.get("support")]
+        if sup:
+            row["density_mean"] = float(np.mean([s["density"] for s in sup]))
+            row["support_fraction_mean"] = float(np.mean([s["support_fraction"] for s in sup]))
+        out[group_name(method, rho)] = row
+    return out
+
+
+def _fmt(mean, std, digits=2, signed=False):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:{'+' if signed else ''}.{digits}f} ± {std:.{digits}f}"
+
+
+def _share(row):
+    if row["share_of_sam_gain"] is None or math.isnan(row["share_of_sam_gain"]):
+        return "—"
+    text = f"{round(100 * row['share_of_sam_gain'])} %"  # round(): no "-0"
+    if row["share_interval"]:
+        low, high = row["share_interval"]
+        text += f" [{round(100 * low)}, {round(100 * high)}]"
+    return text
+
+
+def table(summary, labels, chosen_only=None):
+    """Markdown rows: each method's chosen rho if the file has choices, else every (method, rho)."""
+    rows = list(summary.values())
+    if chosen_only is None:
+        chosen_only = any(r["chosen"] for r in rows)
+    if chosen_only:
+        rows = [r for r in rows if r["chosen"]]
+    order = list(labels)
+    rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["rho"]))
+    lines = [
+        "| method | rho | test acc. % | per seed | gain over SGD, paired | share of SAM's gain "
+        "[95 % bootstrap] | train acc. % (noisy labels) | cost ÷ SGD (step kinds) "
+        "| fit time ÷ SGD | SAM steps % | top Hessian eigenvalue |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sgd = r["method"] == "sgd"
+        gain = _fmt(r["gain_over_sgd_mean"], r["gain_over_sgd_std"], signed=True)
+        lines.append(
+            f"| {labels.get(r['method'], r['method'])} | {'—' if sgd else format(r['rho'], 'g')}"
+            f" | {_fmt(r['test_accuracy_mean'], r['test_accuracy_std'])}"
+            f" | {' / '.join(f'{a:.1f}' for a in r['test_accuracy'])}"
+            f" | {'—' if sgd else gain}"
+            f" | {'—' if sgd else _share(r)}"
+            f" | {r['train_accuracy_mean']:.1f}"
+            f" | {_fmt(r['cost_ratio_mean'], r['cost_ratio_std'])}"
+            f" | {_fmt(r['fit_time_ratio_mean'], r['fit_time_ratio_std'])}"
+            f" | {r['sam_steps_percent_mean']:.0f}"
+            f" | {_fmt(r['hessian_top_mean'], r['hessian_top_std'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def figure(summary, labels, path, title=None):
+    """Paired gain over SGD against cost ÷ SGD, one point per chosen method, ± std bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.2, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rows = [r for r in summary.values() if r["chosen"]] or list(summary.values())
+    sam = next((r for r in rows if r["method"] == "sam"), None)
+    for r in rows:
+        if r["cost_ratio_mean"] is None or r["gain_over_sgd_mean"] is None:
+            continue
+        ax.errorbar(
+            r["cost_ratio_mean"],
+            r["gain_over_sgd_mean"] if r["method"] != "sgd" else 0.0,
+            xerr=r["cost_ratio_std"],
+            yerr=r["gain_over_sgd_std"],
+            fmt="o" if "+" not in r["method"] else "s",
+            capsize=3,
+            label=f"{labels.get(r['method'], r['method'])} (rho {r['rho']:g})",
+        )
+    if sam and sam["gain_over_sgd_mean"] is not None:
+        ax.axhline(0.8 * sam["gain_over_sgd_mean"], color="grey", ls="--", lw=1)
+        line = 0.8 * sam["gain_over_sgd_mean"]
+        ax.text(1.0, line, " 80 % of SAM's gain", va="bottom", fontsize=7)
+    ax.axvline(1.25, color="grey", ls=":", lw=1)
+    ax.set_xlabel("cost ÷ SGD (median step time of each kind × the run's steps of that kind)")
+    ax.set_ylabel("test accuracy gain over SGD, points (paired)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json")
+    parser.add_argument("--figure", default=None)
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--all", action="store_true", help="every (method, rho), not the chosen")
+    args = parser.parse_args(argv)
+    import evidence  # the labels and the upgrade of old records
+
+    result = evidence.read(args.json)
+    summary = summarize(result)
+    print(table(summary, evidence.LABELS, chosen_only=False if args.all else None))
+    if args.figure:
+        print("wrote", figure(summary, evidence.LABELS, args.figure, args.title))
+
+
+if __name__ == "__main__":
+    main()
