@@ -1,25 +1,30 @@
-"""Evidence table: SGD, SAM and every SSAM variant in one regime, with cost and flatness.
+"""Evidence table: SGD, SAM, every SSAM variant and the cheap steps in one regime, with cost.
 
-    python benchmarks/evidence.py --out runs/evidence.json \
-        --figure docs/figures/evidence_accuracy_vs_cost.png     # the table, ~2.5-3 h on 2 cores
-    python benchmarks/evidence.py --quick --out /tmp/evidence-quick.json   # smoke, ~3 min
+    python benchmarks/evidence.py --calibrate --out docs/evidence.json        # rho grids, seeds 0-2
+    python benchmarks/evidence.py --rho-from docs/evidence.json --only-seeds 3 4 5 6 7 \
+        --out docs/evidence-heldout.json --methods ...                          # the held-out table
+    python benchmarks/evidence.py --quick --out /tmp/evidence-quick.json      # smoke, ~3 min
 
 Default regime (calibrated in docs/EVIDENCE.md; every value is a flag): the proxy CNN
 (~290k parameters) on a seeded 1,000-image subset of the CIFAR-10 training images
 with 40 % symmetric label noise, no augmentation, 40 epochs at batch 128 (280 steps),
-cosine lr from 0.05, momentum 0.9, coupled weight decay 5e-4 (SGD) / 1e-3 (SAM-type),
-rho 0.15 for every SAM-type row, 3 seeds; test accuracy on all 10,000 clean test images.
+cosine lr from 0.05, momentum 0.9, coupled weight decay 5e-4 (SGD) / 1e-3 (SAM-type);
+test accuracy on all 10,000 clean test images.
 
-Rows (`--methods`): sgd, sam, ssam-f-50, ssam-f-90, ssam-d-50, ssam-d-90, structured-50,
-structured-30 (the number is the sparsity).
-Every row is built by the shared recipes (`keras_ssam.experiments.recipes`, the
-same code the CLI uses): `SSAMModel(..., coupled_weight_decay=wd)` with a plain
-`SGD(lr, momentum=0.9)` (PyTorch's coupled decay, as the official code); the SGD
-row is `SSAMModel(rho=0)`, one pass per step. (Records made before 2026-12-02
-built the SGD row as a plain model with an optimizer adding `wd * w` to the
-gradient: the same update.) The structured row is `StructuredFisherMask` with
-`norm_scope="masked"` (the only scope whose steps are cheaper); its support is
-recorded with `keras_ssam.masks.mask_distribution`.
+Rows (`--methods`, `METHODS`): sgd, sam, ssam-f-50/90, ssam-d-50/90, structured-50/30
+(the number is the sparsity), the cheap steps of `CHEAP` with SAM's dense mask
+(interval-2, interval-5, looksam-5, trigger, momentum, late-25, early-25), and each of
+those with an SSAM-F 50 % mask (`ssam-f-50+interval-5`, ...). Every row is built by the
+shared recipes (`keras_ssam.experiments.recipes`, the code the CLI uses):
+`SSAMModel(..., coupled_weight_decay=wd)` with a plain `SGD(lr, momentum=0.9)`
+(PyTorch's coupled decay, as the official code); the SGD row is `SSAMModel(rho=0)`.
+The structured row is `StructuredFisherMask` with `norm_scope="masked"`.
+
+rho: every record stores its own. `--calibrate` runs each method over its grid
+(`GRIDS`, or `--rhos`), growing it by a factor of 2 at an edge that holds the best
+mean test accuracy (`extended_grid`), without Hessians or timing; `--rho-from FILE`
+runs each method at the rho chosen on FILE's seeds (`chosen_rho`); otherwise `--rho`.
+(Records made before issue 23 have no rho field: they ran at their file's `rho`.)
 
 Data: the shared CIFAR-10 image folder, extracted to `--cache`, loaded with
 `keras_ssam.data.load("folder:...")`. With `--label-noise p` a copy of the
@@ -28,17 +33,20 @@ the 50,000 images moved to a uniformly drawn *other* class (seeded by
 `--noise-seed`); each seed then takes its own seeded subset of `--train-images`
 (the same subset and initial weights for every method of that seed).
 
-Per (method, seed) the JSON gets: test accuracy as a whole count over the
-evaluated test images, train accuracy (inference mode, no augmentation, the
-labels trained on), the last epoch's running train accuracy, per-epoch logs,
-test accuracy on a fixed test subset every `--curve-every` epochs, and the top
-Hessian eigenvalue of the final model on `--hessian-examples` training examples
-(`keras_ssam.analysis.hessian_eigenvalues`, Lanczos, tol 1e-3). Per seed, the
-step times of all methods are measured interleaved in one process (median of
-`--timing-steps` rounds of one `train_on_batch` each); a method added to a finished
-table re-times its seeds with every method. The JSON is rewritten
-after every record; started again with the same `--out` and budget, the script
-skips what is there (a killed run resumes with the next unfinished record).
+Per (method, seed, rho) the JSON gets: test accuracy as a whole count over the
+evaluated test images, train accuracy (inference mode, no augmentation, the labels
+trained on), the steps of each kind (`step_counts`), per-epoch logs, test accuracy
+on a fixed test subset every `--curve-every` epochs, and (unless `--no-hessian`) the
+top Hessian eigenvalue of the final model on `--hessian-examples` training examples.
+Per seed, one timing record holds the median seconds of each (method, step kind),
+measured interleaved in one process (`timing`); a method's cost is its steps of each
+kind times those medians, over as many SGD steps (`evidence_report.step_cost`). A
+method added later re-times its seed with every method.
+
+The JSON is rewritten after every record, under a file lock, merged with what other
+processes wrote: several processes may run the same command on one `--out`, each
+claiming a record before running it. Started again with the same `--out` and budget,
+the script skips what is there.
 """
 
 import argparse
@@ -138,6 +146,7 @@ GRIDS = {
     "early-25": (0.3, 0.6, 1.2),
 }
 MAX_EXTENSIONS = 2  # grid points added per method when its best rho is at an edge
+COLLAPSE = 3.0  # points below SGD's mean accuracy: larger rhos are not run
 # Arguments that define the experiment: a resumed --out must match them.
 BUDGET_ARGS = (
     "model",
@@ -527,24 +536,37 @@ def records_of(runs, method, rho=None):
     return [r for r in runs if r["method"] == method and (rho is None or r["rho"] == rho)]
 
 
+def mean_accuracy(runs, method, rho, seeds):
+    """Mean test accuracy of `method` at `rho` over `seeds`, or None until all are done."""
+    done = {r["seed"]: r["test_accuracy"] for r in records_of(runs, method, rho)}
+    return np.mean([done[s] for s in seeds]) if all(s in done for s in seeds) else None
+
+
 def extended_grid(runs, method, seeds, args):
     """`method`'s calibration grid, extended by factors of 2 while its best rho is at an edge.
 
     Best: the highest mean test accuracy over `seeds` (the same seeds for every
     rho, so this is the highest mean gain over SGD, paired). An extension is
-    only decided when every grid point has all of `seeds`.
+    only decided when every grid point has all of `seeds`. A rho whose mean is
+    more than `COLLAPSE` points below SGD's ends the grid: larger ones are not
+    run (in this regime a larger rho only under-fits more; the grid then grows
+    at its lower edge, keeping 3 points at least).
     """
-    grid = args.rhos or GRIDS.get(METHODS[method].cheap or method, (args.rho,))
-    grid = sorted(grid)
-    for _ in range(MAX_EXTENSIONS):
+    grid = sorted(args.rhos or GRIDS.get(METHODS[method].cheap or method, (args.rho,)))
+    if len(grid) < 2:
+        return grid
+    sgd = mean_accuracy(runs, "sgd", 0.0, seeds)
+    for extensions in range(MAX_EXTENSIONS + 1):
         means = []
         for rho in grid:
-            done = {r["seed"]: r["test_accuracy"] for r in records_of(runs, method, rho)}
-            if not all(s in done for s in seeds):
-                return grid
-            means.append(np.mean([done[s] for s in seeds]))
+            means.append(mean_accuracy(runs, method, rho, seeds))
+            if sgd is not None and means[-1] is not None and means[-1] < sgd - COLLAPSE / 100:
+                grid = grid[: len(means)]
+                break
+        if None in means:
+            return grid
         best = int(np.argmax(means))
-        if len(grid) < 2 or 0 < best < len(grid) - 1:
+        if 0 < best < len(grid) - 1 or extensions == MAX_EXTENSIONS:
             return grid
         grid = [grid[0] / 2] + grid if best == 0 else grid + [grid[-1] * 2]
     return grid

@@ -192,6 +192,18 @@ def test_extended_grid_waits_for_every_seed_and_grows_at_the_best_edge():
     )
 
 
+def test_a_rho_far_below_sgd_ends_the_grid_which_grows_below():
+    args = evidence.parse(["--rhos", "0.1", "0.2", "0.4"])
+    sgd = [record("sgd", s, 0.0, 0.33) for s in (0, 1)]
+    # 0.2 is 4 points below SGD (> COLLAPSE = 3): 0.4 is not run, the grid grows below.
+    runs = sgd + [record("sam", s, 0.1, 0.35) for s in (0, 1)]
+    runs += [record("sam", 0, 0.2, 0.28), record("sam", 1, 0.2, 0.30)]
+    assert evidence.extended_grid(runs, "sam", [0, 1], args) == [0.05, 0.1, 0.2]
+    # 2 points below SGD is not a collapse: the grid stays.
+    runs[-2:] = [record("sam", s, 0.2, 0.31) for s in (0, 1)]
+    assert evidence.extended_grid(runs, "sam", [0, 1], args) == [0.1, 0.2, 0.4]
+
+
 def test_share_of_gain_and_its_bootstrap():
     rng = np.random.default_rng(0)
     share, interval = evidence_report.share_of_gain([2.0, 4.0], [2.0, 4.0], rng)
