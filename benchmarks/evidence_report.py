@@ -184,6 +184,36 @@ def table(summary, labels, chosen_only=None):
     return "\n".join(lines)
 
 
+def grid_table(summary, labels, chosen=None):
+    """Markdown: every (method, rho) of a calibration file, with the choice marked.
+
+    `chosen`: `{method: rho}` (e.g. from `evidence.chosen_rho`); the chosen row is bold.
+    """
+    chosen = chosen or {}
+    order = list(labels)
+    rows = sorted(
+        summary.values(),
+        key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["rho"]),
+    )
+    lines = [
+        "| method | rho | test acc. % per seed | gain over SGD, paired | train acc. % "
+        "| SAM steps % | non-finite steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["method"] == "sgd":
+            continue
+        mark = "**" if chosen.get(r["method"]) == r["rho"] else ""
+        lines.append(
+            f"| {labels.get(r['method'], r['method'])} | {mark}{r['rho']:g}{mark}"
+            f" | {' / '.join(f'{a:.1f}' for a in r['test_accuracy'])}"
+            f" | {mark}{_fmt(r['gain_over_sgd_mean'], r['gain_over_sgd_std'], signed=True)}{mark}"
+            f" | {r['train_accuracy_mean']:.1f} | {r['sam_steps_percent_mean']:.0f}"
+            f" | {r['non_finite_steps']} |"
+        )
+    return "\n".join(lines)
+
+
 def figure(summary, labels, path, title=None):
     """Paired gain over SGD against cost ÷ SGD, one point per chosen method, ± std bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -229,11 +259,22 @@ def main(argv=None):
     parser.add_argument("--figure", default=None)
     parser.add_argument("--title", default=None)
     parser.add_argument("--all", action="store_true", help="every (method, rho), not the chosen")
+    parser.add_argument(
+        "--grid", action="store_true", help="a calibration file's grid, with each choice"
+    )
     args = parser.parse_args(argv)
-    import evidence  # the labels and the upgrade of old records
+    import evidence  # the labels, the choice of rho and the upgrade of old records
 
     result = evidence.read(args.json)
     summary = summarize(result)
+    if args.grid:
+        seeds = sorted({r["seed"] for r in result["runs"]})
+        grids = evidence.parse(["--rho", str(result["args"]["rho"])])
+        grids.rhos = result["args"].get("rhos")
+        methods = sorted({r["method"] for r in result["runs"]})
+        chosen = {m: evidence.chosen_rho(result["runs"], m, seeds, grids) for m in methods}
+        print(grid_table(summary, evidence.LABELS, chosen))
+        return
     print(table(summary, evidence.LABELS, chosen_only=False if args.all else None))
     if args.figure:
         print("wrote", figure(summary, evidence.LABELS, args.figure, args.title))

@@ -113,3 +113,39 @@ def test_resnet18_preset_is_the_official_readme_command(command):
             update_interval=int(command["update_freq"]),
         )
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "flags,rho",
+    [
+        (["--sam-interval", "5"], 0.1 * 2.0),
+        (["--sam-interval", "3"], 0.1 * 1.5),  # linear between K = 1 and K = 5
+        (["--sam-interval", "10"], 0.1 * 2.0),  # held beyond the largest measured K
+        (["--sam-interval", "1"], 0.1),
+        (["--sam-interval", "5", "--rho", "0.05"], 0.05),  # an explicit rho wins
+    ],
+)
+def test_interval_schedules_scale_the_preset_rho(flags, rho):
+    assert resolved("--optimizer", "sam", *flags).rho == pytest.approx(rho)
+
+
+def test_interval_rho_scale_is_the_calibrations_choice():
+    """Each measured multiple is rho chosen for `interval-K` ÷ rho chosen for SAM,
+    recomputed from the calibration records in docs/EVIDENCE.md's JSON."""
+    import os
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import evidence
+
+    saved = evidence.read(os.path.join(root, "docs", "evidence.json"))
+    seeds = [0, 1, 2]
+    grids = evidence.parse([])
+    sam = evidence.chosen_rho(saved["runs"], "sam", seeds, grids)
+    for interval, scale in cli.INTERVAL_RHO_SCALE.items():
+        if interval == 1:
+            assert scale == 1.0
+            continue
+        chosen = evidence.chosen_rho(saved["runs"], f"interval-{interval}", seeds, grids)
+        assert chosen / sam == pytest.approx(scale), interval
