@@ -94,6 +94,8 @@ CHEAP = {
     "momentum": dict(ascent="momentum"),
     "late-25": dict(window=(0.75, 1.0)),
     "early-25": dict(window=(0.0, 0.25)),
+    # A diagnostic, not a row of the table: LookSAM with a smaller alpha.
+    "looksam-5-a0.1": dict(interval=5, between="looksam", alpha=0.1),
 }
 CHEAP_LABELS = {
     "interval-2": "SAM every 2nd step",
@@ -103,6 +105,7 @@ CHEAP_LABELS = {
     "momentum": "momentum ascent",
     "late-25": "SAM in the last 25 %",
     "early-25": "SAM in the first 25 %",
+    "looksam-5-a0.1": "LookSAM, k = 5, alpha 0.1",
 }
 METHODS = {
     "sgd": Method("sgd"),
@@ -144,6 +147,7 @@ GRIDS = {
     "momentum": (0.6, 1.5, 3.0),
     "late-25": (0.3, 0.6, 1.2),
     "early-25": (0.3, 0.6, 1.2),
+    "looksam-5-a0.1": (0.3, 0.6, 1.2),
 }
 MAX_EXTENSIONS = 2  # grid points added per method when its best rho is at an edge
 COLLAPSE = 3.0  # points below SGD's mean accuracy: larger rhos are not run

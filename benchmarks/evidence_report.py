@@ -262,10 +262,13 @@ def main(argv=None):
     parser.add_argument(
         "--grid", action="store_true", help="a calibration file's grid, with each choice"
     )
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods")
     args = parser.parse_args(argv)
     import evidence  # the labels, the choice of rho and the upgrade of old records
 
     result = evidence.read(args.json)
+    if args.methods:
+        result["runs"] = [r for r in result["runs"] if r["method"] in args.methods]
     summary = summarize(result)
     if args.grid:
         seeds = sorted({r["seed"] for r in result["runs"]})
