@@ -63,7 +63,12 @@ def share_of_gain(gains, sam_gains, rng):
 
 
 def step_cost(record, timing):
-    """Seconds of the run's steps (count of each kind × its median time) ÷ as many SGD steps."""
+    """The run's training seconds ÷ as many SGD steps', from the per-kind medians.
+
+    Training seconds: each step kind's count × its median time, plus the mask
+    updates × the median update (an SSAM-F refresh draws Ns per-example
+    gradients). None when a kind or the updates were not timed.
+    """
     kinds = timing["seconds_per_step"]
     method = record["method"]
     if method not in kinds or "sgd" not in kinds:
@@ -72,6 +77,11 @@ def step_cost(record, timing):
     if any(k not in kinds[method] for k, n in counts.items() if n):
         return None
     seconds = sum(n * kinds[method][k] for k, n in counts.items() if n)
+    if record.get("mask_updates"):
+        per_update = timing.get("seconds_per_mask_update", {}).get(method)
+        if per_update is None:
+            return None
+        seconds += record["mask_updates"] * per_update
     return seconds / (sum(counts.values()) * kinds["sgd"]["one_pass"])
 
 

@@ -84,6 +84,8 @@ def test_report_run_records_what_was_asked_and_resumes(tmp_path):
         assert c == pytest.approx(round(c))
         assert r["hessian_examples"] == 40 and np.isfinite(r["hessian_top"])
         assert r["steps"] == 4 and r["step_counts"] == COUNTS[method], method
+        # The structured mask is an epoch-wise Fisher mask: the first and epoch 1's.
+        assert r["mask_updates"] == (2 if method == "structured-50" else 0), method
     assert [p["rho"] for p in runs[("late-25", 0)]["curve"]] == pytest.approx([0.0, 0.07])
 
     # Every (method, kind) of the schedule was timed, per seed.
@@ -92,6 +94,7 @@ def test_report_run_records_what_was_asked_and_resumes(tmp_path):
         assert {m: sorted(k) for m, k in t["seconds_per_step"].items()} == {
             m: sorted(COUNTS[m]) for m in METHODS
         }
+        assert sorted(t["seconds_per_mask_update"]) == ["structured-50"]
 
     # Paired gains over SGD, the share of SAM's gain and the costs, recomputed.
     summary = saved["summary"]
@@ -107,6 +110,9 @@ def test_report_run_records_what_was_asked_and_resumes(tmp_path):
         for s in range(2):
             kinds = next(t for t in saved["timing"] if t["seed"] == s)["seconds_per_step"]
             spent = sum(n * kinds[method][k] for k, n in COUNTS[method].items())
+            if method == "structured-50":
+                timing = next(t for t in saved["timing"] if t["seed"] == s)
+                spent += 2 * timing["seconds_per_mask_update"][method]
             costs.append(spent / (4 * kinds["sgd"]["one_pass"]))
         assert row["cost_ratio"] == pytest.approx(costs)
         assert row["sam_steps_percent_mean"] == pytest.approx(
@@ -225,15 +231,25 @@ def test_step_cost_weights_each_kind_by_its_count():
     run = {"method": "m", "step_counts": {"sam": 2, "one_pass": 8}}
     assert evidence_report.step_cost(run, timing) == pytest.approx((2 * 0.3 + 8 * 0.12) / 1.0)
     assert evidence_report.step_cost(dict(run, method="x"), timing) is None
+    # Mask refreshes are training time too; a run with updates but none timed has no cost.
+    masked = dict(run, mask_updates=3)
+    assert evidence_report.step_cost(masked, timing) is None
+    timing["seconds_per_mask_update"] = {"m": 0.5}
+    assert evidence_report.step_cost(masked, timing) == pytest.approx(
+        (2 * 0.3 + 8 * 0.12 + 3 * 0.5) / 1.0
+    )
+    assert evidence_report.step_cost(dict(run, mask_updates=0), timing) == pytest.approx(1.56)
 
 
 def test_old_records_get_their_rho_and_step_kinds():
+    refreshed = [{"mask_seconds": 1.2}, {"mask_seconds": 0.0}, {"mask_seconds": 0.9}]
     old = {"args": {"rho": 0.15}, "runs": [
-        {"method": "sgd", "steps": 280}, {"method": "ssam-f-50", "steps": 280},
+        {"method": "sgd", "steps": 280, "curve": [{"loss": 1.0}]},
+        {"method": "ssam-f-50", "steps": 280, "curve": refreshed},
     ]}  # fmt: skip
     runs = evidence.upgrade(old)["runs"]
-    assert [(r["rho"], r["step_counts"]) for r in runs] == [
-        (0.0, {"one_pass": 280}), (0.15, {"sam": 280}),
+    assert [(r["rho"], r["step_counts"], r["mask_updates"]) for r in runs] == [
+        (0.0, {"one_pass": 280}, 0), (0.15, {"sam": 280}, 2),
     ]  # fmt: skip
 
 
