@@ -92,6 +92,11 @@ MODEL_PRESETS = {
 # step's 0.3. Between measured intervals the multiple is interpolated linearly;
 # beyond the largest it is held, not extrapolated. An explicit --rho wins.
 INTERVAL_RHO_SCALE = {1: 1.0, 5: 2.0}
+# rho of each `--ascent`, as a multiple of the preset's: momentum ascent's rho
+# chosen on the same calibration seeds (1.0) ÷ SAM's (0.15). Its ascent direction
+# is the normalized momentum buffer, which in this regime needs a far larger
+# radius to do anything: at SAM's rho it memorizes the noisy labels like SGD.
+ASCENT_RHO_SCALE = {"gradient": 1.0, "momentum": 1.0 / 0.15}
 
 
 def interval_rho_scale(interval):
@@ -151,7 +156,8 @@ def build_parser():
         "--ascent",
         default="gradient",
         help="gradient (SAM) or momentum (Momentum-SAM: one pass per step, e from the "
-        "momentum buffer; its rho is larger, MSAM used 3 where SAM used 0.2)",
+        "momentum buffer); without --rho the preset rho is scaled for it "
+        "(ASCENT_RHO_SCALE: x6.7 for momentum; MSAM used 3 where SAM used 0.2)",
     )
     t.add_argument("--ascent-momentum", type=float, default=0.9, help="the momentum of that buffer")
     t.add_argument(
@@ -298,8 +304,10 @@ def resolve(args):
     if args.weight_decay < 0:
         _fail(f"--weight-decay must be >= 0; received {args.weight_decay}.")
     _check_cheap_steps(args)
-    if rho_from_preset and args.sam_interval > 1:
+    if rho_from_preset:
+        # --ascent momentum takes no --sam-interval (checked above): one scale applies.
         args.rho = args.rho * interval_rho_scale(args.sam_interval)
+        args.rho = args.rho * ASCENT_RHO_SCALE[args.ascent]
     return args
 
 

@@ -123,15 +123,18 @@ def test_resnet18_preset_is_the_official_readme_command(command):
         (["--sam-interval", "10"], 0.1 * 2.0),  # held beyond the largest measured K
         (["--sam-interval", "1"], 0.1),
         (["--sam-interval", "5", "--rho", "0.05"], 0.05),  # an explicit rho wins
+        (["--ascent", "momentum"], 0.1 / 0.15),
+        (["--ascent", "momentum", "--rho", "0.4"], 0.4),
+        (["--ascent", "gradient"], 0.1),
     ],
 )
-def test_interval_schedules_scale_the_preset_rho(flags, rho):
+def test_cheap_schedules_scale_the_preset_rho(flags, rho):
     assert resolved("--optimizer", "sam", *flags).rho == pytest.approx(rho)
 
 
-def test_interval_rho_scale_is_the_calibrations_choice():
-    """Each measured multiple is rho chosen for `interval-K` ÷ rho chosen for SAM,
-    recomputed from the calibration records in docs/EVIDENCE.md's JSON."""
+def test_rho_scales_are_the_calibrations_choice():
+    """Each measured multiple is rho chosen for `interval-K` (or momentum ascent) ÷ rho
+    chosen for SAM, recomputed from the calibration records in docs/EVIDENCE.md's JSON."""
     import os
     import sys
 
@@ -149,3 +152,6 @@ def test_interval_rho_scale_is_the_calibrations_choice():
             continue
         chosen = evidence.chosen_rho(saved["runs"], f"interval-{interval}", seeds, grids)
         assert chosen / sam == pytest.approx(scale), interval
+    assert cli.ASCENT_RHO_SCALE["gradient"] == 1.0
+    momentum = evidence.chosen_rho(saved["runs"], "momentum", seeds, grids)
+    assert momentum / sam == pytest.approx(cli.ASCENT_RHO_SCALE["momentum"])
