@@ -251,7 +251,7 @@ def figure(summary, labels, path, title=None):
         line = 0.8 * sam["gain_over_sgd_mean"]
         ax.text(1.0, line, " 80 % of SAM's gain", va="bottom", fontsize=7)
     ax.axvline(1.25, color="grey", ls=":", lw=1)
-    ax.set_xlabel("cost ÷ SGD (median step time of each kind × the run's steps of that kind)")
+    ax.set_xlabel("cost ÷ SGD (median time of each step kind × the run's count, + mask refreshes)")
     ax.set_ylabel("test accuracy gain over SGD, points (paired)")
     if title:
         ax.set_title(title, fontsize=9)
