@@ -92,7 +92,6 @@ def summarize(result):
     sgd = next((g for (m, _), g in grouped.items() if m == "sgd"), {})
     sam = reference_sam(grouped, chosen)
     timings = {t["seed"]: t for t in result["timing"] if "rhos" in t}
-    rng = np.random.default_rng(0)
     out = {}
     for (method, rho), by_seed in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         seeds = sorted(by_seed)
@@ -102,6 +101,8 @@ def summarize(result):
         both = [s for s in paired if s in sam]
         share, interval = (None, None)
         if both and method != "sgd":
+            # One generator per row: a row's interval does not move when rows are added.
+            rng = np.random.default_rng(0)
             share, interval = share_of_gain(
                 [100 * (by_seed[s]["test_accuracy"] - sgd[s]["test_accuracy"]) for s in both],
                 [100 * (sam[s]["test_accuracy"] - sgd[s]["test_accuracy"]) for s in both],
