@@ -340,3 +340,20 @@ def test_sgd_row_is_pytorch_sgd_with_coupled_decay():
     ours = ours.model
     weights = zip(ours.get_weights(), plain.get_weights())
     assert any(not np.allclose(a, c, atol=1e-6) for a, c in weights)
+
+
+def test_a_rows_share_interval_does_not_move_when_rows_are_added():
+    def full(method, seed, acc):
+        return dict(record(method, seed, 0.1, acc), steps=1, step_counts={"sam": 1},
+                    seconds=1.0, train_accuracy=0.5)  # fmt: skip
+
+    # 8 seeds of uneven gains: the bootstrap's percentiles depend on the draws.
+    rng = np.random.default_rng(1)
+    accuracy = {m: 0.3 + rng.uniform(0, 0.05, 8) for m in ("sgd", "sam", "momentum", "a-row")}
+    accuracy["sam"] += 0.03
+    runs = [full(m, s, accuracy[m][s]) for m in ("sgd", "sam", "momentum") for s in range(8)]
+    result = {"runs": runs, "timing": [], "chosen_rho": {}}
+    alone = evidence_report.summarize(result)["momentum@0.1"]["share_interval"]
+    # "a-row" sorts before "momentum": with one shared generator it would take the first draws.
+    result["runs"] = runs + [full("a-row", s, accuracy["a-row"][s]) for s in range(8)]
+    assert evidence_report.summarize(result)["momentum@0.1"]["share_interval"] == alone
