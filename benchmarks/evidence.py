@@ -712,7 +712,7 @@ def upgrade(saved):
         r.setdefault("rho", rho_of(r["method"], saved["args"].get("rho", 0.15)))
         if "step_counts" not in r:
             r["step_counts"] = {kinds_of(r["method"])[0]: r["steps"]}
-        if "mask_updates" not in r:  # one a epoch at most: each logs its seconds
+        if "mask_updates" not in r:  # at most one an epoch, each logging its seconds
             r["mask_updates"] = sum(p.get("mask_seconds", 0.0) > 0 for p in r.get("curve", []))
     saved.setdefault("chosen_rho", {})
     return saved

@@ -63,7 +63,7 @@ def share_of_gain(gains, sam_gains, rng):
 
 
 def step_cost(record, timing):
-    """The run's training seconds ÷ as many SGD steps', from the per-kind medians.
+    """The run's training seconds ÷ those of as many SGD steps, from the per-kind medians.
 
     Training seconds: each step kind's count × its median time, plus the mask
     updates × the median update (an SSAM-F refresh draws Ns per-example
