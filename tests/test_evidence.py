@@ -108,10 +108,10 @@ def test_report_run_records_what_was_asked_and_resumes(tmp_path):
             assert row["share_of_sam_gain"] == pytest.approx(np.mean(gains) / np.mean(sam_gain))
         costs = []
         for s in range(2):
-            kinds = next(t for t in saved["timing"] if t["seed"] == s)["seconds_per_step"]
+            timing = next(t for t in saved["timing"] if t["seed"] == s)
+            kinds = timing["seconds_per_step"]
             spent = sum(n * kinds[method][k] for k, n in COUNTS[method].items())
             if method == "structured-50":
-                timing = next(t for t in saved["timing"] if t["seed"] == s)
                 spent += 2 * timing["seconds_per_mask_update"][method]
             costs.append(spent / (4 * kinds["sgd"]["one_pass"]))
         assert row["cost_ratio"] == pytest.approx(costs)
