@@ -88,10 +88,11 @@ MODEL_PRESETS = {
 }
 # rho of a SAM step every K steps (`--sam-interval K`, SGD between), as a multiple
 # of the preset's: the ratio of the rhos chosen on the calibration seeds of
-# docs/EVIDENCE.md (issue 23), where SAM's best rho was 0.15 and SAM every 5th
-# step's 0.3. Between measured intervals the multiple is interpolated linearly;
-# beyond the largest it is held, not extrapolated. An explicit --rho wins.
-INTERVAL_RHO_SCALE = {1: 1.0, 5: 2.0}
+# docs/EVIDENCE.md (issue 23), where SAM's best rho was 0.15, SAM every 2nd
+# step's 0.15 too and every 5th step's 0.3. Between measured intervals the
+# multiple is interpolated linearly; beyond the largest it is held, not
+# extrapolated. An explicit --rho wins.
+INTERVAL_RHO_SCALE = {1: 1.0, 2: 1.0, 5: 2.0}
 # rho of each `--ascent`, as a multiple of the preset's: momentum ascent's rho
 # chosen on the same calibration seeds (1.0) ÷ SAM's (0.15). Its ascent direction
 # is the normalized momentum buffer, which in this regime needs a far larger
@@ -143,7 +144,8 @@ def build_parser():
         type=int,
         default=1,
         help="a SAM step every N optimizer steps, one pass between (SSAMModel(interval=)); "
-        "without --rho the preset rho is scaled for it (INTERVAL_RHO_SCALE: x2 at N = 5)",
+        "without --rho the preset rho is scaled for it "
+        "(INTERVAL_RHO_SCALE: x1 at N = 2, x2 at N = 5)",
     )
     t.add_argument(
         "--between",

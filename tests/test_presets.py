@@ -119,7 +119,8 @@ def test_resnet18_preset_is_the_official_readme_command(command):
     "flags,rho",
     [
         (["--sam-interval", "5"], 0.1 * 2.0),
-        (["--sam-interval", "3"], 0.1 * 1.5),  # linear between K = 1 and K = 5
+        (["--sam-interval", "2"], 0.1),
+        (["--sam-interval", "3"], 0.1 * 4 / 3),  # linear between K = 2 and K = 5
         (["--sam-interval", "10"], 0.1 * 2.0),  # held beyond the largest measured K
         (["--sam-interval", "1"], 0.1),
         (["--sam-interval", "5", "--rho", "0.05"], 0.05),  # an explicit rho wins
