@@ -5,6 +5,8 @@ rho) and the per-seed step-kind timings, so a table can be rebuilt from the
 JSON alone:
 
     python benchmarks/evidence_report.py docs/evidence-heldout.json [--figure PNG]
+
+Several files of the same budget on disjoint seeds are pooled into one table.
 """
 
 import argparse
@@ -83,6 +85,35 @@ def step_cost(record, timing):
             return None
         seconds += record["mask_updates"] * per_update
     return seconds / (sum(counts.values()) * kinds["sgd"]["one_pass"])
+
+
+def merge(results, budget_args):
+    """One result from several files of the same experiment on disjoint seeds.
+
+    Pooling seeds across files (e.g. held-out seeds 3–7 and a replication on
+    8–12) is only meaningful when every file ran the same budget at the same
+    chosen rhos, so anything else is refused rather than averaged.
+    """
+    first = results[0]
+    merged = {"args": first["args"], "runs": [], "timing": [], "chosen_rho": {}}
+    for result in results:
+        changed = [k for k in budget_args if result["args"].get(k) != first["args"].get(k)]
+        if changed:
+            raise ValueError(f"files of different budgets cannot be pooled: {changed} differ")
+        for method, rho in result.get("chosen_rho", {}).items():
+            if merged["chosen_rho"].setdefault(method, rho) != rho:
+                raise ValueError(
+                    f"{method!r} was run at rho {merged['chosen_rho'][method]} and at {rho}"
+                )
+        merged["runs"] += result["runs"]
+        merged["timing"] += [t for t in result["timing"] if "rhos" in t]
+    keys = [(r["method"], r["seed"], r["rho"]) for r in merged["runs"]]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    timed = [t["seed"] for t in merged["timing"]]
+    twice += sorted({("timing", s) for s in timed if timed.count(s) > 1})
+    if twice:
+        raise ValueError(f"records found in more than one file: {twice}")
+    return merged
 
 
 def summarize(result):
@@ -227,23 +258,28 @@ def grid_table(summary, labels, chosen=None):
 
 def figure(summary, labels, path, title=None):
     """Paired gain over SGD against cost ÷ SGD, one point per chosen method, ± std bars."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.2, 4.8))
+    fig = Figure(figsize=(10, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     rows = [r for r in summary.values() if r["chosen"]] or list(summary.values())
     sam = next((r for r in rows if r["method"] == "sam"), None)
-    for r in rows:
-        if r["cost_ratio_mean"] is None or r["gain_over_sgd_mean"] is None:
-            continue
+    rows = [r for r in rows if r["cost_ratio_mean"] is not None]
+    rows = [r for r in rows if r["gain_over_sgd_mean"] is not None]
+    for i, r in enumerate(rows):
+        # The default colour cycle has 10 colours and the table more rows; tab20
+        # has 20, in dark/light pairs, so the dark ones come first.
+        color = colormaps["tab20"]((2 * i) % 20 + (i // 10) % 2)
         ax.errorbar(
             r["cost_ratio_mean"],
             r["gain_over_sgd_mean"] if r["method"] != "sgd" else 0.0,
             xerr=r["cost_ratio_std"],
             yerr=r["gain_over_sgd_std"],
             fmt="o" if "+" not in r["method"] else "s",
+            color=color,
             capsize=3,
             label=f"{labels.get(r['method'], r['method'])} (rho {r['rho']:g})",
         )
@@ -257,7 +293,7 @@ def figure(summary, labels, path, title=None):
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -266,7 +302,7 @@ def figure(summary, labels, path, title=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json")
+    parser.add_argument("json", nargs="+", help="one file, or several with disjoint seeds")
     parser.add_argument("--figure", default=None)
     parser.add_argument("--title", default=None)
     parser.add_argument("--all", action="store_true", help="every (method, rho), not the chosen")
@@ -277,7 +313,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import evidence  # the labels, the choice of rho and the upgrade of old records
 
-    result = evidence.read(args.json)
+    result = merge([evidence.read(path) for path in args.json], evidence.BUDGET_ARGS)
     if args.methods:
         result["runs"] = [r for r in result["runs"] if r["method"] in args.methods]
     summary = summarize(result)

@@ -357,3 +357,45 @@ def test_a_rows_share_interval_does_not_move_when_rows_are_added():
     # "a-row" sorts before "momentum": with one shared generator it would take the first draws.
     result["runs"] = runs + [full("a-row", s, accuracy["a-row"][s]) for s in range(8)]
     assert evidence_report.summarize(result)["momentum@0.1"]["share_interval"] == alone
+
+
+def test_merge_pools_files_of_disjoint_seeds_and_refuses_what_cannot_be_pooled():
+    rng = np.random.default_rng(2)
+    accuracy = {m: 0.3 + rng.uniform(0, 0.05, 10) for m in ("sgd", "sam", "momentum")}
+    kind = {"sgd": "one_pass", "sam": "sam", "momentum": "momentum"}
+    seconds = {"sgd": 0.1, "sam": 0.2, "momentum": 0.11}
+
+    def run(method, seed):
+        return dict(record(method, seed, 0.1, accuracy[method][seed]), steps=2,
+                    step_counts={kind[method]: 2}, seconds=1.0, train_accuracy=0.5)  # fmt: skip
+
+    def part(seeds):
+        timing = [
+            {
+                "seed": s,
+                "rhos": {},
+                "seconds_per_step": {m: {kind[m]: seconds[m] * (1 + s / 10)} for m in kind},
+            }
+            for s in seeds
+        ]
+        runs = [run(m, s) for m in kind for s in seeds]
+        chosen = {"sgd": 0.1, "sam": 0.1, "momentum": 0.1}
+        return {"args": {"epochs": 40}, "runs": runs, "timing": timing, "chosen_rho": chosen}
+
+    a, b = part(range(5)), part(range(5, 10))
+    row = evidence_report.summarize(evidence_report.merge([a, b], ["epochs"]))["momentum@0.1"]
+    gains = 100 * (accuracy["momentum"] - accuracy["sgd"])
+    sam_gains = 100 * (accuracy["sam"] - accuracy["sgd"])
+    assert row["seeds"] == list(range(10))
+    assert row["gain_over_sgd"] == pytest.approx(gains)
+    assert row["share_of_sam_gain"] == pytest.approx(gains.mean() / sam_gains.mean())
+    assert row["cost_ratio"] == pytest.approx([1.1] * 10)
+
+    with pytest.raises(ValueError, match="more than one file"):
+        evidence_report.merge([a, part([4, 5])], ["epochs"])
+    with pytest.raises(ValueError, match="more than one file"):  # a timing seed twice
+        evidence_report.merge([a, dict(b, timing=b["timing"] + a["timing"][:1])], ["epochs"])
+    with pytest.raises(ValueError, match="'momentum' was run at rho 0.1 and at 0.2"):
+        evidence_report.merge([a, dict(b, chosen_rho={"momentum": 0.2})], ["epochs"])
+    with pytest.raises(ValueError, match="epochs"):
+        evidence_report.merge([a, dict(b, args={"epochs": 20})], ["epochs"])
