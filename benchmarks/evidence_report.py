@@ -12,6 +12,7 @@ Several files of the same budget on disjoint seeds are pooled into one table.
 import argparse
 import math
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -107,10 +108,9 @@ def merge(results, budget_args):
                 )
         merged["runs"] += result["runs"]
         merged["timing"] += [t for t in result["timing"] if "rhos" in t]
-    keys = [(r["method"], r["seed"], r["rho"]) for r in merged["runs"]]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    timed = [t["seed"] for t in merged["timing"]]
-    twice += sorted({("timing", s) for s in timed if timed.count(s) > 1})
+    keys = Counter((r["method"], r["seed"], r["rho"]) for r in merged["runs"])
+    keys.update(("timing", t["seed"]) for t in merged["timing"])
+    twice = sorted(k for k, n in keys.items() if n > 1)
     if twice:
         raise ValueError(f"records found in more than one file: {twice}")
     return merged
@@ -267,8 +267,7 @@ def figure(summary, labels, path, title=None):
     ax = fig.add_subplot()
     rows = [r for r in summary.values() if r["chosen"]] or list(summary.values())
     sam = next((r for r in rows if r["method"] == "sam"), None)
-    rows = [r for r in rows if r["cost_ratio_mean"] is not None]
-    rows = [r for r in rows if r["gain_over_sgd_mean"] is not None]
+    rows = [r for r in rows if None not in (r["cost_ratio_mean"], r["gain_over_sgd_mean"])]
     for i, r in enumerate(rows):
         # The default colour cycle has 10 colours and the table more rows; tab20
         # has 20, in dark/light pairs, so the dark ones come first.
