@@ -474,8 +474,8 @@ def pending(result, args, seeds):
 
 
 # ------------------------------------------------------------------ main
-def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(parser):
+    """Where the data and the records are, which rows, rhos, seeds and records to run."""
     parser.add_argument(
         "--data",
         default=os.path.join(
@@ -523,6 +523,10 @@ def parse(argv=None):
         default=None,
         help="run these seeds only (e.g. the held-out seeds 3 4 5 6 7)",
     )
+
+
+def add_regime_arguments(parser):
+    """The training regime and the budget (`FULL` or `QUICK` where not given)."""
     parser.add_argument("--model", default="proxy_cnn", choices=sorted(models.MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -538,6 +542,12 @@ def parse(argv=None):
     parser.add_argument("--fisher-samples", type=int, default=128)
     for name in FULL:  # None: the FULL or QUICK preset
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser)
+    add_regime_arguments(parser)
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for name, value in preset.items():
