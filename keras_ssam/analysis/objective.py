@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ssam.step.arguments import check_choice
+
 
 def _inner(model):
     from keras_ssam.ssam_model import SSAMModel
@@ -119,10 +121,7 @@ class Objective:
     """
 
     def __init__(self, model, data, loss=None, batch_size=128, hvp_mode="forward"):
-        if hvp_mode not in HVP_MODES:
-            raise ValueError(
-                f"`hvp_mode` must be one of {HVP_MODES}; received hvp_mode={hvp_mode!r}."
-            )
+        check_choice("hvp_mode", hvp_mode, HVP_MODES)
         self.model, compiled = _inner(model)
         self.loss = _loss_fn(compiled, loss, self.model)
         self.batches = _batches(data, batch_size)
@@ -169,7 +168,7 @@ class Objective:
     def _batch_hvp(self, x, y, weight, vectors):
         # H v = d/dt grad L(w + t v) at t = 0: one JVP through the gradient
         # computation, instead of a second backward pass through it.
-        values = [tf.convert_to_tensor(v) for v in self.variables]
+        values = self.weights()
         with tf.autodiff.ForwardAccumulator(values, vectors) as accumulator:
             with tf.GradientTape() as tape:
                 tape.watch(values)
@@ -178,7 +177,7 @@ class Objective:
         return [accumulator.jvp(g) for g in grads]
 
     def _batch_hvp_reverse(self, x, y, weight, vectors):
-        values = [tf.convert_to_tensor(v) for v in self.variables]
+        values = self.weights()
         with tf.GradientTape() as outer:
             outer.watch(values)
             with tf.GradientTape() as inner:
