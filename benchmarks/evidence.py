@@ -40,7 +40,7 @@ on a fixed test subset every `--curve-every` epochs, and (unless `--no-hessian`)
 top Hessian eigenvalue of the final model on `--hessian-examples` training examples.
 Per seed, one timing record holds the median seconds of each (method, step kind),
 measured interleaved in one process (`timing`); a method's cost is its steps of each
-kind times those medians, over as many SGD steps (`evidence_report.step_cost`). A
+kind times those medians, over as many SGD steps (`evidence_spec.step_cost`). A
 method added later re-times its seed with every method.
 
 The JSON is rewritten after every record, under a file lock, merged with what other
@@ -50,7 +50,6 @@ the script skips what is there.
 """
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import os
@@ -61,120 +60,36 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import evidence_report as report  # noqa: E402  (a sibling script in benchmarks/)
+import evidence_report as report  # noqa: E402  (sibling scripts in benchmarks/)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from evidence_spec import (  # noqa: E402  (the experiment's definition)
+    BUDGET_ARGS,
+    CHEAP,
+    CHEAP_LABELS,  # noqa: F401  (re-exported: it was defined here)
+    COLLAPSE,  # noqa: F401  (re-exported: it was defined here)
+    GRIDS,  # noqa: F401  (re-exported: it was defined here)
+    LABELS,
+    MAX_EXTENSIONS,  # noqa: F401  (re-exported: it was defined here)
+    METHODS,
+    TRIGGER,  # noqa: F401  (re-exported: it was defined here)
+    Method,  # noqa: F401  (re-exported: it was defined here)
+    calibration_grids,
+    chosen_rho,
+    extended_grid,
+    kinds_of,
+    mean_accuracy,  # noqa: F401  (re-exported: it was defined here)
+    read,
+    records_of,
+    rho_of,
+    upgrade,  # noqa: F401  (re-exported: it was defined here)
+)
 
 import keras_ssam  # noqa: E402
 from keras_ssam import analysis, data, models  # noqa: E402
 from keras_ssam.experiments import recipes  # noqa: E402
 from keras_ssam.masks import mask_distribution  # noqa: E402
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """A row: a recipe method, its mask sparsity and a cheap-step mechanism (or none)."""
-
-    kind: str  # a key of RECIPES
-    sparsity: float = None
-    cheap: str = None  # a key of CHEAP
-
-
-# AE-SAM's gradient-norm trigger (delta, lambda1, lambda2): chosen on seed 0 of
-# this regime so that about 25 % of the steps are SAM steps (docs/EVIDENCE.md,
-# "Trigger calibration"); T is the run's number of steps.
-TRIGGER = (0.9, 0.25, 0.25)
-# Cheap-step mechanisms (issues 21, 22): recipe arguments; `window` is the
-# part of training (fractions of the epochs) that has SAM steps, rho 0 outside.
-CHEAP = {
-    "interval-2": dict(interval=2),
-    "interval-5": dict(interval=5),
-    "looksam-5": dict(interval=5, between="looksam"),
-    "trigger": dict(trigger=TRIGGER),
-    "momentum": dict(ascent="momentum"),
-    "late-25": dict(window=(0.75, 1.0)),
-    "early-25": dict(window=(0.0, 0.25)),
-    # A diagnostic, not a row of the table: LookSAM with a smaller alpha.
-    "looksam-5-a0.1": dict(interval=5, between="looksam", alpha=0.1),
-}
-CHEAP_LABELS = {
-    "interval-2": "SAM every 2nd step",
-    "interval-5": "SAM every 5th step",
-    "looksam-5": "LookSAM, k = 5",
-    "trigger": "gradient-norm trigger",
-    "momentum": "momentum ascent",
-    "late-25": "SAM in the last 25 %",
-    "early-25": "SAM in the first 25 %",
-    "looksam-5-a0.1": "LookSAM, k = 5, alpha 0.1",
-}
-METHODS = {
-    "sgd": Method("sgd"),
-    "sam": Method("sam"),
-    "ssam-f-50": Method("fisher", 0.5),
-    "ssam-f-90": Method("fisher", 0.9),
-    "ssam-d-50": Method("dynamic", 0.5),
-    "ssam-d-90": Method("dynamic", 0.9),
-    "structured-50": Method("structured", 0.5),
-    "structured-30": Method("structured", 0.3),
-}
-LABELS = {
-    "sgd": "SGD",
-    "sam": "SAM",
-    "ssam-f-50": "SSAM-F 50 %",
-    "ssam-f-90": "SSAM-F 90 %",
-    "ssam-d-50": "SSAM-D 50 %",
-    "ssam-d-90": "SSAM-D 90 %",
-    "structured-50": "structured SSAM-F 50 %",
-    "structured-30": "structured SSAM-F 30 %",
-}
-for _name, _label in CHEAP_LABELS.items():
-    METHODS[_name] = Method("sam", None, _name)
-    LABELS[_name] = _label
-    METHODS["ssam-f-50+" + _name] = Method("fisher", 0.5, _name)
-    LABELS["ssam-f-50+" + _name] = f"SSAM-F 50 % + {_label}"
-# Calibration grids of rho (issue 23): SAM x0.5 to x4 of 0.15; schedules with
-# fewer SAM steps larger, momentum ascent larger still (MSAM used 3 against
-# SAM's 0.2); a method whose best rho is at an edge of its grid is extended
-# (`extended_grid`). A `ssam-f-50+` row uses its mechanism's grid.
-GRIDS = {
-    "sam": (0.075, 0.15, 0.3, 0.6),
-    "ssam-f-50": (0.15, 0.3, 0.6),
-    "structured-50": (0.15, 0.3, 0.6, 1.2),
-    "interval-2": (0.15, 0.3, 0.6),
-    "interval-5": (0.3, 0.6, 1.2),
-    "looksam-5": (0.3, 0.6, 1.2),
-    "trigger": (0.3, 0.6, 1.2),
-    # 1.0 added after 0.6 memorized the noisy labels (99.7 % train accuracy) and
-    # 1.5 under-fit (31 %): the only mechanism at about SGD's cost gets its peak.
-    "momentum": (0.6, 1.0, 1.5, 3.0),
-    "late-25": (0.3, 0.6, 1.2),
-    "early-25": (0.3, 0.6, 1.2),
-    "looksam-5-a0.1": (0.3, 0.6, 1.2),
-}
-MAX_EXTENSIONS = 2  # grid points added per method when its best rho is at an edge
-COLLAPSE = 3.0  # points below SGD's mean accuracy: larger rhos are not run
-# Arguments that define the experiment: a resumed --out must match them.
-BUDGET_ARGS = (
-    "model",
-    "train_images",
-    "test_images",
-    "epochs",
-    "batch",
-    "lr",
-    "wd_sgd",
-    "wd_sam",
-    "label_noise",
-    "noise_seed",
-    "augment",
-    "cutout",
-    "fisher_samples",
-    "hessian_examples",
-    "hessian_max_iter",
-    "curve_every",
-    "curve_images",
-    "timing_steps",
-    "timing_warmup",
-)
 FULL = dict(  # the regime of docs/EVIDENCE.md (calibrated there)
     train_images=1000,
     test_images=None,
@@ -355,16 +270,6 @@ def support(model):
     }
 
 
-def kinds_of(method):
-    """The step kinds a method's run can take (see `step_counts`)."""
-    spec = METHODS[method]
-    if spec.kind == "sgd":
-        return ("one_pass",)
-    if spec.cheap == "momentum":
-        return ("momentum",)
-    return ("sam", "one_pass") if spec.cheap else ("sam",)
-
-
 def step_counts(method, curve, steps_per_epoch):
     """Steps of each kind in a run, from the per-epoch share of SAM steps.
 
@@ -379,10 +284,6 @@ def step_counts(method, curve, steps_per_epoch):
 
 
 # ------------------------------------------------------------------ records
-def rho_of(method, rho):
-    return 0.0 if method == "sgd" else float(rho)
-
-
 def run(root, method, seed, rho, args, hessian=True):
     keras.utils.set_random_seed(seed)  # same initial weights for every method of a seed
     train, test, info = load(root, seed, args)
@@ -558,62 +459,6 @@ def methods_to_time(timings, seed, methods):
 
 
 # ------------------------------------------------------------------ the plan
-def records_of(runs, method, rho=None):
-    return [r for r in runs if r["method"] == method and (rho is None or r["rho"] == rho)]
-
-
-def mean_accuracy(runs, method, rho, seeds):
-    """Mean test accuracy of `method` at `rho` over `seeds`, or None until all are done."""
-    done = {r["seed"]: r["test_accuracy"] for r in records_of(runs, method, rho)}
-    return np.mean([done[s] for s in seeds]) if all(s in done for s in seeds) else None
-
-
-def extended_grid(runs, method, seeds, args):
-    """`method`'s calibration grid, extended by factors of 2 while its best rho is at an edge.
-
-    Best: the highest mean test accuracy over `seeds` (the same seeds for every
-    rho, so this is the highest mean gain over SGD, paired). An extension is
-    only decided when every grid point has all of `seeds`. A rho whose mean is
-    more than `COLLAPSE` points below SGD's ends the grid: larger ones are not
-    run (in this regime a larger rho only under-fits more; the grid then grows
-    at its lower edge, keeping 3 points at least).
-    """
-    grid = sorted(args.rhos or GRIDS.get(METHODS[method].cheap or method, (args.rho,)))
-    if len(grid) < 2:
-        return grid
-    sgd = mean_accuracy(runs, "sgd", 0.0, seeds)
-    for extensions in range(MAX_EXTENSIONS + 1):
-        means = []
-        for rho in grid:
-            means.append(mean_accuracy(runs, method, rho, seeds))
-            if sgd is not None and means[-1] is not None and means[-1] < sgd - COLLAPSE / 100:
-                grid = grid[: len(means)]
-                break
-        if None in means:
-            return grid
-        best = int(np.argmax(means))
-        if 0 < best < len(grid) - 1 or extensions == MAX_EXTENSIONS:
-            return grid
-        grid = [grid[0] / 2] + grid if best == 0 else grid + [grid[-1] * 2]
-    return grid
-
-
-def chosen_rho(runs, method, seeds, args):
-    """The calibration choice: the grid's rho with the highest mean test accuracy over `seeds`.
-
-    None until every point of the (extended) grid has all of `seeds`.
-    """
-    if method == "sgd":
-        return 0.0
-    means = {
-        rho: mean_accuracy(runs, method, rho, seeds)
-        for rho in extended_grid(runs, method, seeds, args)
-    }
-    if None in means.values():
-        return None
-    return max(means, key=means.get)
-
-
 def pending(result, args, seeds):
     """The (method, seed, rho) records still to run, in order."""
     done = {(r["method"], r["seed"], r["rho"]) for r in result["runs"]}
@@ -629,8 +474,8 @@ def pending(result, args, seeds):
 
 
 # ------------------------------------------------------------------ main
-def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(parser):
+    """Where the data and the records are, which rows, rhos, seeds and records to run."""
     parser.add_argument(
         "--data",
         default=os.path.join(
@@ -678,6 +523,10 @@ def parse(argv=None):
         default=None,
         help="run these seeds only (e.g. the held-out seeds 3 4 5 6 7)",
     )
+
+
+def add_regime_arguments(parser):
+    """The training regime and the budget (`FULL` or `QUICK` where not given)."""
     parser.add_argument("--model", default="proxy_cnn", choices=sorted(models.MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -693,6 +542,12 @@ def parse(argv=None):
     parser.add_argument("--fisher-samples", type=int, default=128)
     for name in FULL:  # None: the FULL or QUICK preset
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser)
+    add_regime_arguments(parser)
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for name, value in preset.items():
@@ -703,24 +558,6 @@ def parse(argv=None):
     if args.calibrate and args.rho_from:
         parser.error("--calibrate chooses rho itself: drop --rho-from")
     return args
-
-
-def upgrade(saved):
-    """Records written before issue 23 ran every SAM-type row at the file's one rho,
-    and every step of theirs was of one kind."""
-    for r in saved["runs"]:
-        r.setdefault("rho", rho_of(r["method"], saved["args"].get("rho", 0.15)))
-        if "step_counts" not in r:
-            r["step_counts"] = {kinds_of(r["method"])[0]: r["steps"]}
-        if "mask_updates" not in r:  # at most one an epoch, each logging its seconds
-            r["mask_updates"] = sum(p.get("mask_seconds", 0.0) > 0 for p in r.get("curve", []))
-    saved.setdefault("chosen_rho", {})
-    return saved
-
-
-def read(path):
-    with open(path) as f:
-        return upgrade(json.load(f))
 
 
 def previous(args):
@@ -830,8 +667,7 @@ def choose_rhos(args, result):
     """`--rho-from`: each method's rho chosen on that file's calibration seeds."""
     calibration = read(args.rho_from)
     seeds = sorted({r["seed"] for r in calibration["runs"]})
-    # The grids the calibration ran: its own --rhos / --rho, not this command's.
-    grids = argparse.Namespace(rhos=calibration["args"].get("rhos"), rho=calibration["args"]["rho"])
+    grids = calibration_grids(calibration["args"])  # its own --rhos / --rho, not this command's
     for method in args.methods:
         picked = {r["seed"] for r in records_of(calibration["runs"], method)}
         rho = chosen_rho(calibration["runs"], method, sorted(picked & set(seeds)), grids)

@@ -15,6 +15,14 @@ import os
 from collections import Counter
 
 import numpy as np
+from evidence_spec import (  # a sibling script in benchmarks/
+    BUDGET_ARGS,
+    LABELS,
+    calibration_grids,
+    chosen_rho,
+    read,
+    step_cost,
+)
 
 BOOTSTRAP = 10_000
 
@@ -63,29 +71,6 @@ def share_of_gain(gains, sam_gains, rng):
     ok = denominators > 0  # a resample where SAM gains nothing has no share
     ratios = gains[idx].mean(1)[ok] / denominators[ok]
     return share, [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
-
-
-def step_cost(record, timing):
-    """The run's training seconds ÷ those of as many SGD steps, from the per-kind medians.
-
-    Training seconds: each step kind's count × its median time, plus the mask
-    updates × the median update (an SSAM-F refresh draws Ns per-example
-    gradients). None when a kind or the updates were not timed.
-    """
-    kinds = timing["seconds_per_step"]
-    method = record["method"]
-    if method not in kinds or "sgd" not in kinds:
-        return None
-    counts = record["step_counts"]
-    if any(k not in kinds[method] for k, n in counts.items() if n):
-        return None
-    seconds = sum(n * kinds[method][k] for k, n in counts.items() if n)
-    if record.get("mask_updates"):
-        per_update = timing.get("seconds_per_mask_update", {}).get(method)
-        if per_update is None:
-            return None
-        seconds += record["mask_updates"] * per_update
-    return seconds / (sum(counts.values()) * kinds["sgd"]["one_pass"])
 
 
 def merge(results, budget_args):
@@ -229,7 +214,7 @@ def table(summary, labels, chosen_only=None):
 def grid_table(summary, labels, chosen=None):
     """Markdown: every (method, rho) of a calibration file, with the choice marked.
 
-    `chosen`: `{method: rho}` (e.g. from `evidence.chosen_rho`); the chosen row is bold.
+    `chosen`: `{method: rho}` (e.g. from `evidence_spec.chosen_rho`); the chosen row is bold.
     """
     chosen = chosen or {}
     order = list(labels)
@@ -310,23 +295,20 @@ def main(argv=None):
     )
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods")
     args = parser.parse_args(argv)
-    import evidence  # the labels, the choice of rho and the upgrade of old records
-
-    result = merge([evidence.read(path) for path in args.json], evidence.BUDGET_ARGS)
+    result = merge([read(path) for path in args.json], BUDGET_ARGS)
     if args.methods:
         result["runs"] = [r for r in result["runs"] if r["method"] in args.methods]
     summary = summarize(result)
     if args.grid:
         seeds = sorted({r["seed"] for r in result["runs"]})
-        grids = evidence.parse(["--rho", str(result["args"]["rho"])])
-        grids.rhos = result["args"].get("rhos")
+        grids = calibration_grids(result["args"])
         methods = sorted({r["method"] for r in result["runs"]})
-        chosen = {m: evidence.chosen_rho(result["runs"], m, seeds, grids) for m in methods}
-        print(grid_table(summary, evidence.LABELS, chosen))
+        chosen = {m: chosen_rho(result["runs"], m, seeds, grids) for m in methods}
+        print(grid_table(summary, LABELS, chosen))
         return
-    print(table(summary, evidence.LABELS, chosen_only=False if args.all else None))
+    print(table(summary, LABELS, chosen_only=False if args.all else None))
     if args.figure:
-        print("wrote", figure(summary, evidence.LABELS, args.figure, args.title))
+        print("wrote", figure(summary, LABELS, args.figure, args.title))
 
 
 if __name__ == "__main__":

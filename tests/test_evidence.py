@@ -8,6 +8,7 @@ label-noise folder) and that a second invocation resumes instead of
 re-running. The numbers themselves are measured in docs/EVIDENCE.md, not here.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -399,3 +400,26 @@ def test_merge_pools_files_of_disjoint_seeds_and_refuses_what_cannot_be_pooled()
         evidence_report.merge([a, dict(b, chosen_rho={"momentum": 0.2})], ["epochs"])
     with pytest.raises(ValueError, match="epochs"):
         evidence_report.merge([a, dict(b, args={"epochs": 20})], ["epochs"])
+
+
+def imported(script):
+    """The top-level packages a script in benchmarks/ imports, in functions too."""
+    with open(os.path.join(ROOT, "benchmarks", script + ".py")) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_report_and_the_definition_import_neither_the_runner_nor_keras():
+    """The runner imports the report and the definition (evidence_spec), never the reverse:
+    the report rebuilds a table from the JSON alone, without TensorFlow."""
+    heavy = {"evidence", "keras", "keras_ssam", "tensorflow"}
+    assert not heavy & imported("evidence_report")
+    assert not heavy & imported("evidence_spec")
+    assert "evidence_report" not in imported("evidence_spec")
+    assert {"evidence_report", "evidence_spec"} <= imported("evidence")
