@@ -16,6 +16,7 @@ The step imports neither masks, schedules, experiments nor the CLI.
 
 import importlib
 
+from keras_ssam.collapse_guard import CollapseGuard
 from keras_ssam.gradient_norm_trigger import GradientNormTrigger
 from keras_ssam.masks import (
     DynamicMask,
@@ -31,6 +32,7 @@ from keras_ssam.ssam_model import SSAMModel
 __version__ = "0.1.0"
 
 __all__ = [
+    "CollapseGuard",
     "DynamicMask",
     "FisherMask",
     "GradientNormTrigger",
