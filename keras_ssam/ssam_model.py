@@ -145,7 +145,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
     `trigger` or `num_batch_splits > 1`; an in-step mask update (SSAM-D) uses
     the gradient at `w + e`.
     No rho is a safe default for it: its best rho was 6.7x SAM's in
-    docs/EVIDENCE.md's regime and about 3x on a second label-noise task, where
+    docs/EVIDENCE.md's regime and about 3x on a second label-noise task (issue 29), where
     6x lost 17 points and 12x fell to chance. Search it (`keras-ssam tune`);
     `rho`'s default is SAM's.
 
