@@ -64,6 +64,8 @@ def cli_runs(root, model):
         row = re.sub(r"-s\d+$", "", os.path.basename(os.path.dirname(path)))
         with open(path) as f:
             result = json.load(f)
+        rho = 0.0 if result["args"]["optimizer"] == "sgd" else result["args"]["rho"]
+        row = f"{row} | {rho:.3g}"
         history = result["history"]
         curve = [dict(accuracy=a, loss=v) for a, v in zip(history["accuracy"], history["loss"])]
         num_classes = result["dataset"]["num_classes"]
@@ -94,7 +96,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model = SSAMModel(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))
     if args.runs:
-        table(cli_runs(args.runs, model), "row")
+        table(cli_runs(args.runs, model), "row | rho")
     if args.evidence:
         table(evidence_runs(args.evidence, model), "row | rho")
 
