@@ -7,6 +7,7 @@ The package is grouped by kind:
   support, saving);
 - `masks`: the mask strategies (SSAM-F, SSAM-D, random, structured);
 - `schedules`: rho schedules;
+- `CollapseGuard` (`collapse_guard`): a callback that flags training stuck at chance level;
 - `analysis`: flatness measurements (Hessian, landscape, gradient difference) and plots;
 - `experiments`: the paper's data pipelines and models;
 - `cli`: `keras-ssam train` / `analyze` on top of all of them.
