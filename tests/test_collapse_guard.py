@@ -1,6 +1,7 @@
 """`CollapseGuard` (issue 29): warns on training stuck at chance level, silent on healthy runs."""
 
 import glob
+import inspect
 import json
 import math
 import warnings
@@ -179,6 +180,11 @@ def test_config_round_trip():
     clone = keras.saving.deserialize_keras_object(config)
     assert isinstance(clone, CollapseGuard) and clone.get_config() == guard.get_config()
     assert keras_ssam.CollapseGuard is CollapseGuard
+    arguments = set(inspect.signature(CollapseGuard.__init__).parameters) - {"self"}
+    assert set(guard.get_config()) == arguments
+    assert keras.saving.get_registered_name(CollapseGuard) == "keras_ssam>CollapseGuard"
+    for name, value in guard.get_config().items():
+        assert getattr(guard, name) == value
 
 
 @pytest.mark.parametrize(
