@@ -39,7 +39,7 @@ TRIGGER = (0.9, 0.25, 0.25)
 CHEAP = {
     "interval-2": dict(interval=2),
     "interval-5": dict(interval=5),
-    "looksam-5": dict(interval=5, between="looksam"),
+    "looksam-5": dict(interval=5, between="looksam", alpha=0.7),
     "trigger": dict(trigger=TRIGGER),
     "momentum": dict(ascent="momentum"),
     "late-25": dict(window=(0.75, 1.0)),

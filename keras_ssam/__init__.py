@@ -7,6 +7,7 @@ The package is grouped by kind:
   support, saving);
 - `masks`: the mask strategies (SSAM-F, SSAM-D, random, structured);
 - `schedules`: rho schedules;
+- `CollapseGuard` (`collapse_guard`): a callback that flags training stuck at chance level;
 - `analysis`: flatness measurements (Hessian, landscape, gradient difference) and plots;
 - `experiments`: the paper's data pipelines and models;
 - `cli`: `keras-ssam train` / `analyze` on top of all of them.
@@ -16,6 +17,7 @@ The step imports neither masks, schedules, experiments nor the CLI.
 
 import importlib
 
+from keras_ssam.collapse_guard import CollapseGuard
 from keras_ssam.gradient_norm_trigger import GradientNormTrigger
 from keras_ssam.masks import (
     DynamicMask,
@@ -31,6 +33,7 @@ from keras_ssam.ssam_model import SSAMModel
 __version__ = "0.1.0"
 
 __all__ = [
+    "CollapseGuard",
     "DynamicMask",
     "FisherMask",
     "GradientNormTrigger",

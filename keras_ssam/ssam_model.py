@@ -98,7 +98,12 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             gradient orthogonal to that step's `g` (Liu et al. 2022, Eq. 4-5;
             global norms, as in MarlonBecker/MSAM). `"looksam"` needs
             `interval > 1` or a `trigger`. Defaults to `"sgd"`.
-        alpha: Float >= 0. LookSAM's weight of `g_v`. Defaults to `0.7`.
+        alpha: Float >= 0. LookSAM's weight of `g_v`. The paper's 0.7 was
+            tuned for ViTs at large batch (Liu et al. 2022); in
+            docs/EVIDENCE.md's regime (a small CNN, noisy labels) 0.7
+            collapsed training at every rho (-13 points below SGD on held-out
+            seeds) while 0.1 kept 91 % of SAM's gain (10 seeds pooled).
+            Defaults to `0.1`.
         trigger: A `keras_ssam.GradientNormTrigger` choosing SAM steps from
             the gradient norm (AE-SAM), or `None`. Not with `interval > 1`.
             Defaults to `None`.
@@ -139,6 +144,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
     single pass is whole). Not with `interval`, `between="looksam"`, a
     `trigger` or `num_batch_splits > 1`; an in-step mask update (SSAM-D) uses
     the gradient at `w + e`.
+    No rho is a safe default for it: its best rho was 6.7x SAM's in
+    docs/EVIDENCE.md's regime and about 3x on a second label-noise task (issue 29), where
+    6x lost 17 points and 12x fell to chance. Search it (`keras-ssam tune`);
+    `rho`'s default is SAM's.
 
     Example:
 
@@ -175,7 +184,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         reuse_activations=True,
         interval=1,
         between="sgd",
-        alpha=0.7,
+        alpha=0.1,
         trigger=None,
         ascent="gradient",
         momentum=0.9,

@@ -57,7 +57,7 @@ def build(
     adaptive=False,
     interval=1,
     between="sgd",
-    alpha=0.7,
+    alpha=0.1,
     trigger=None,
     ascent="gradient",
     ascent_momentum=0.9,
