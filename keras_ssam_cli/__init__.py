@@ -7,14 +7,39 @@ value answer at once; `keras_ssam.cli` runs the command.
 """
 
 import os
+import sys
+import tempfile
 
 from keras_ssam_cli.parser import VERSION as __version__
 from keras_ssam_cli.parser import build_parser, parse
 
 
 def quiet_tensorflow():
-    """Hides TensorFlow's C++ start-up lines, unless the user chose a level."""
+    """Hides TensorFlow's C++ start-up lines, unless the user chose a log level.
+
+    `TF_CPP_MIN_LOG_LEVEL` quiets TensorFlow's own logging, but TensorFlow 2.21
+    writes its start-up lines (oneDNN, CUDA drivers) through absl before that
+    level applies, twice per import: they are captured while TensorFlow is
+    imported and shown only if the import fails.
+    """
+    chosen = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if chosen or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ imported: a typo fails at once, with the flag and the value received.
 """
 
 import argparse
+import re
 
 from keras_ssam_cli import presets
 from keras_ssam_cli.presets import (
@@ -46,7 +47,12 @@ def fail(message):
 class Parser(argparse.ArgumentParser):
     """argparse, exiting with the message as `SystemExit`'s value."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **dict(kwargs, allow_abbrev=False))
+
     def error(self, message):
+        # A refused value's message names its flag already: no "argument --x:" prefix.
+        message = re.sub(r"^argument [^:]+: (?=--)", "", message)
         fail(f"{message} (see `{self.prog} --help`)")
 
 
@@ -135,9 +141,12 @@ def add_data_arguments(p, dataset_help="digits (offline default), folder:PATH, o
     )
 
 
-def add_method_arguments(p, rho_from=False):
+def add_method_arguments(p, train=True):
+    """The method's flags; `tune` (`train=False`) has `--methods` and `--rho-grid` instead
+    of `--optimizer`, `--rho` and `--rho-from`."""
     g = p.add_argument_group("method")
-    _closed(g.add_argument, "--optimizer", OPTIMIZERS, "ssam-f", "sgd, SAM or the SSAM mask")
+    if train:
+        _closed(g.add_argument, "--optimizer", OPTIMIZERS, "ssam-f", "sgd, SAM or the SSAM mask")
     _closed(
         g.add_argument,
         "--model",
@@ -151,14 +160,14 @@ def add_method_arguments(p, rho_from=False):
         default=0.5,
         help="fraction of the weights NOT perturbed by the SSAM masks (default: 0.5)",
     )
-    g.add_argument(
-        "--rho",
-        type=number("--rho", float, 0.0),
-        default=None,
-        help="SAM radius (default: preset, " + preset_default("rho") + "; scaled for "
-        "--sam-interval and --ascent, see those flags)",
-    )
-    if rho_from:
+    if train:
+        g.add_argument(
+            "--rho",
+            type=number("--rho", float, 0.0),
+            default=None,
+            help="SAM radius (default: preset, " + preset_default("rho") + "; scaled for "
+            "--sam-interval and --ascent, see those flags)",
+        )
         g.add_argument(
             "--rho-from",
             default=None,
@@ -187,7 +196,8 @@ def add_method_arguments(p, rho_from=False):
     )
 
 
-def add_cheap_step_arguments(p):
+def add_cheap_step_arguments(p, train=True):
+    """The cheap steps' flags; `tune` (`train=False`) has `--methods` for the step kinds."""
     g = p.add_argument_group("cheap steps")
     g.add_argument(
         "--sam-interval",
@@ -197,19 +207,31 @@ def add_cheap_step_arguments(p):
         "without --rho the preset rho is scaled for it "
         "(INTERVAL_RHO_SCALE: x1 at N = 2, x2 at N = 5) (default: 1)",
     )
+    if train:
+        add_step_kind_arguments(g)
+    g.add_argument(
+        "--alpha",
+        type=number("--alpha", float, 0.0),
+        default=ALPHA,
+        help="LookSAM's alpha (default: %(default)s; the LookSAM paper's 0.7 was chosen for "
+        "ViTs at batch 4096 and collapsed training in docs/EVIDENCE.md's regime)",
+    )
+    g.add_argument(
+        "--ascent-momentum",
+        type=number("--ascent-momentum", float, 0.0, 1.0, high_open=True),
+        default=0.9,
+        help="the momentum of the ascent buffer (default: 0.9)",
+    )
+
+
+def add_step_kind_arguments(g):
+    """`train`'s choice of step kind: what runs between SAM steps, the ascent, when SAM runs."""
     _closed(
         g.add_argument,
         "--between",
         BETWEEN,
         "sgd",
         "what steps between SAM steps apply (looksam needs --sam-interval > 1 or --trigger)",
-    )
-    g.add_argument(
-        "--alpha",
-        type=number("--alpha", float, 0.0),
-        default=ALPHA,
-        help=f"LookSAM's alpha (default: {ALPHA}; the LookSAM paper's 0.7 was chosen for "
-        "ViTs at batch 4096 and collapsed training in docs/EVIDENCE.md's regime)",
     )
     _closed(
         g.add_argument,
@@ -220,12 +242,6 @@ def add_cheap_step_arguments(p):
         "buffer); without --rho the preset rho is scaled x6.7 for momentum "
         "(ASCENT_RHO_SCALE), a starting point from one regime: no safe default exists, "
         "find it with `keras-ssam tune --methods momentum`",
-    )
-    g.add_argument(
-        "--ascent-momentum",
-        type=number("--ascent-momentum", float, 0.0, 1.0, high_open=True),
-        default=0.9,
-        help="the momentum of the ascent buffer (default: 0.9)",
     )
     g.add_argument(
         "--trigger",
@@ -311,7 +327,7 @@ def add_train_parser(sub):
         description="Train a model; writes results.json, history, model.keras.",
     )
     add_data_arguments(t)
-    add_method_arguments(t, rho_from=True)
+    add_method_arguments(t)
     add_cheap_step_arguments(t)
     add_schedule_arguments(t)
     g = add_run_arguments(t, "runs/latest")
@@ -335,10 +351,14 @@ def add_tune_parser(sub):
         "Resumable: rerun with the same --out. Needs `pip install keras-ssam[tune]`.",
     )
     add_data_arguments(t)
-    add_method_arguments(t)
-    add_cheap_step_arguments(t)
+    add_method_arguments(t, train=False)
+    add_cheap_step_arguments(t, train=False)
     add_schedule_arguments(t)
     add_tune_arguments(t)
+    # What `train`'s flags would set: the methods choose their own (--methods).
+    t.set_defaults(
+        optimizer="sam", rho=None, between="sgd", ascent="gradient", trigger=None, sam_epochs=None
+    )
     add_run_arguments(t, "runs/tuning")
     return t
 
@@ -472,8 +492,12 @@ def add_hessian_arguments(a):
 
 def build_parser():
     """The `keras-ssam` parser: `train`, `tune`, `analyze`."""
-    parser = Parser(prog="keras-ssam", description="Sparse SAM for Keras: train, tune, analyze.")
+    parser = Parser(
+        prog="keras-ssam",
+        description="Sparse SAM for Keras: train, tune, analyze.",
+    )
     parser.add_argument("--version", action="version", version=f"keras-ssam {VERSION}")
+    # No abbreviations: `tune --rho 0.1` must not run as `--rho-grid 0.1`.
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
     add_tune_parser(sub)

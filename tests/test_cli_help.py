@@ -44,6 +44,8 @@ def test_help_and_version_import_no_tensorflow(argv):
         (["train", "--between", "looksam"], "needs --sam-interval > 1 or --trigger"),
         (["tune", "--methods", "adam"], "--methods must be one of sgd, sam,"),
         (["tune", "--rho-grid", "-0.1"], "--rho-grid must be >= 0; received -0.1."),
+        (["tune", "--rho", "0.1"], "unrecognized arguments: --rho 0.1"),
+        (["tune", "--optimizer", "sam"], "unrecognized arguments: --optimizer sam"),
         (["analyze", "m.keras"], "choose at least one of --hessian"),
     ],
 )
@@ -75,6 +77,7 @@ def test_train_help_names_choices_and_preset_defaults(capsys):
     assert "epochs (default: preset, digits 10, cifar10 200, cifar100 200, imagenet 90)" in text
     # LookSAM's alpha: the default and why it is not the paper's.
     assert "LookSAM's alpha (default: 0.1; the LookSAM paper's 0.7" in text
+    assert parser.parse(["train"]).alpha == 0.1
     # Momentum ascent's rho scale: a starting point, and the tool that finds it.
     assert "no safe default exists, find it with `keras-ssam tune --methods momentum`" in text
     assert "--label-noise" in text and "--rho-from" in text
@@ -99,10 +102,25 @@ def test_console_entry_is_the_light_module():
     assert '"keras_ssam_cli"' in packages and '"keras_ssam.*"' in packages
 
 
+def quiet_import(env):
+    code = "import keras_ssam_cli, sys\nkeras_ssam_cli.quiet_tensorflow()\nimport keras_ssam"
+    env = dict(env, PYTHONPATH=os.path.abspath(ROOT), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+def test_a_command_starts_tensorflow_without_its_start_up_lines():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    assert quiet_import(env) == ""
+
+
 def test_tensorflow_log_level_is_set_unless_the_user_chose_one(monkeypatch):
-    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    keras_ssam_cli.quiet_tensorflow()
-    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     keras_ssam_cli.quiet_tensorflow()
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    keras_ssam_cli.quiet_tensorflow()  # tensorflow is imported already: only the level is set
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
