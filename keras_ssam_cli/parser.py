@@ -109,8 +109,10 @@ def _closed(arg, flag, options, default, help_text, **kwargs):
     )
 
 
-def add_data_arguments(p, dataset_help="digits (offline default), folder:PATH, or a tfds name"):
+def add_data_arguments(p, train=True):
+    """The data flags; `tune` (`train=False`) reads no test set: no `--test-limit`."""
     p = p.add_argument_group("data")
+    dataset_help = "digits (offline default), folder:PATH, or a tfds name"
     p.add_argument("--dataset", default="digits", help=f"{dataset_help} (default: digits)")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir (default: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and masks (default: 0)")
@@ -120,12 +122,13 @@ def add_data_arguments(p, dataset_help="digits (offline default), folder:PATH, o
         default=None,
         help="a seeded subset of this many training examples (default: all)",
     )
-    p.add_argument(
-        "--test-limit",
-        type=number("--test-limit", int, 1),
-        default=None,
-        help="a seeded subset of this many test examples (default: all)",
-    )
+    if train:
+        p.add_argument(
+            "--test-limit",
+            type=number("--test-limit", int, 1),
+            default=None,
+            help="a seeded subset of this many test examples (default: all)",
+        )
     p.add_argument(
         "--label-noise",
         type=number("--label-noise", float, 0.0, 1.0, high_open=True),
@@ -264,10 +267,10 @@ def add_step_kind_arguments(g):
     )
 
 
-def add_schedule_arguments(p):
+def add_schedule_arguments(p, epochs="epochs"):
     g = p.add_argument_group("schedule")
     for flag, field, kind, text in (
-        ("--epochs", "epochs", int, "epochs"),
+        ("--epochs", "epochs", int, epochs),
         ("--batch-size", "batch_size", int, "batch size"),
     ):
         g.add_argument(
@@ -304,10 +307,12 @@ def add_schedule_arguments(p):
     )
 
 
-def add_run_arguments(p, out):
+def add_run_arguments(p, out, train=True):
+    """The run flags; `tune` (`train=False`) runs its trials on one device: no `--distribute`."""
     g = p.add_argument_group("run")
     g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (default: off)")
-    _closed(g.add_argument, "--distribute", DISTRIBUTE, "none", "tf.distribute strategy")
+    if train:
+        _closed(g.add_argument, "--distribute", DISTRIBUTE, "none", "tf.distribute strategy")
     g.add_argument("--out", default=out, help=f"output folder (default: {out})")
     g.add_argument(
         "--deterministic",
@@ -350,16 +355,23 @@ def add_tune_parser(sub):
         "a validation split carved from the training data; writes tuning.json, tuning.png. "
         "Resumable: rerun with the same --out. Needs `pip install keras-ssam[tune]`.",
     )
-    add_data_arguments(t)
+    add_data_arguments(t, train=False)
     add_method_arguments(t, train=False)
     add_cheap_step_arguments(t, train=False)
-    add_schedule_arguments(t)
+    add_schedule_arguments(t, epochs="epochs of each trial, the budget")
     add_tune_arguments(t)
     # What `train`'s flags would set: the methods choose their own (--methods).
     t.set_defaults(
-        optimizer="sam", rho=None, between="sgd", ascent="gradient", trigger=None, sam_epochs=None
+        optimizer="sam",
+        rho=None,
+        between="sgd",
+        ascent="gradient",
+        trigger=None,
+        sam_epochs=None,
+        test_limit=None,
+        distribute="none",
     )
-    add_run_arguments(t, "runs/tuning")
+    add_run_arguments(t, "runs/tuning", train=False)
     return t
 
 
