@@ -185,3 +185,15 @@ def test_tune_command_writes_the_result_train_reads(tmp_path):
         "--optimizer", "sam", "--label-noise", "0", "--rho-from", str(out / "tuning.json")
     )
     assert args.rho == saved["methods"]["sam"]["chosen"]["rho"]
+
+
+def test_reading_a_tuning_file_needs_no_keras_tuner(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keras_tuner", None)  # as if the extra were missing
+    monkeypatch.delitem(sys.modules, "keras_ssam.tuning.search", raising=False)
+    monkeypatch.delattr(tuning, "search", raising=False)
+    path = tuning_file(tmp_path)
+    assert train_args("--optimizer", "sam", "--ascent", "momentum", "--rho-from", path).rho == 0.15
+    with pytest.raises(ImportError, match=re.escape("pip install keras-ssam[tune]")):
+        tuning.RhoHyperModel  # noqa: B018
