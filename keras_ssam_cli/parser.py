@@ -5,6 +5,7 @@ imported: a typo fails at once, with the flag and the value received.
 """
 
 import argparse
+import os
 import re
 
 from keras_ssam_cli import presets
@@ -536,6 +537,11 @@ def check_cheap_steps(args):
 
 def check(args):
     """What the parser alone cannot check; exits with a message naming the flag."""
+    folder = args.dataset[len("folder:") :] if args.dataset.startswith("folder:") else None
+    if folder is not None and not os.path.isdir(folder):
+        fail(f"--dataset folder:{folder}: no such folder.")
+    if args.command == "analyze" and not os.path.isfile(args.model):
+        fail(f"no model file at {args.model!r}.")
     if args.command in ("train", "tune"):
         check_cheap_steps(args)
     if args.command == "analyze" and not (args.hessian or args.landscape or args.grad_diff):

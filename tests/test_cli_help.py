@@ -46,7 +46,9 @@ def test_help_and_version_import_no_tensorflow(argv):
         (["tune", "--rho-grid", "-0.1"], "--rho-grid must be >= 0; received -0.1."),
         (["tune", "--rho", "0.1"], "unrecognized arguments: --rho 0.1"),
         (["tune", "--optimizer", "sam"], "unrecognized arguments: --optimizer sam"),
-        (["analyze", "m.keras"], "choose at least one of --hessian"),
+        (["analyze", os.path.abspath(__file__)], "choose at least one of --hessian"),
+        (["analyze", "no.keras", "--hessian"], "no model file at 'no.keras'."),
+        (["train", "--dataset", "folder:/no/such"], "--dataset folder:/no/such: no such folder."),
     ],
 )
 def test_bad_values_are_refused_before_tensorflow_loads(argv, message):
