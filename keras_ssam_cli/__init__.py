@@ -19,8 +19,9 @@ def quiet_tensorflow():
 
     `TF_CPP_MIN_LOG_LEVEL` quiets TensorFlow's own logging, but TensorFlow 2.21
     writes its start-up lines (oneDNN, CUDA drivers) through absl before that
-    level applies, twice per import: they are captured while TensorFlow is
-    imported and shown only if the import fails.
+    level applies, twice per import, and more when it looks for devices: they are
+    captured while TensorFlow is imported and its devices listed, and shown only if
+    that fails. `TF_CPP_MIN_LOG_LEVEL=0` shows everything.
     """
     chosen = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,7 +32,11 @@ def quiet_tensorflow():
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow
+
+            # Device start-up writes through absl too (on a machine without a GPU:
+            # "failed call to cuInit"); done here, it is captured with the rest.
+            tensorflow.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)

@@ -105,8 +105,11 @@ def test_console_entry_is_the_light_module():
 
 
 def quiet_import(env):
-    code = "import keras_ssam_cli, sys\nkeras_ssam_cli.quiet_tensorflow()\nimport keras_ssam"
-    env = dict(env, PYTHONPATH=os.path.abspath(ROOT), CUDA_VISIBLE_DEVICES="")
+    code = (
+        "import keras_ssam_cli\nkeras_ssam_cli.quiet_tensorflow()\nimport keras_ssam\n"
+        "import tensorflow as tf\nprint(float(tf.constant(1.0) + 1))"  # devices in use
+    )
+    env = dict(env, PYTHONPATH=os.path.abspath(ROOT))
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
