@@ -540,12 +540,12 @@ def check(args):
     folder = args.dataset[len("folder:") :] if args.dataset.startswith("folder:") else None
     if folder is not None and not os.path.isdir(folder):
         fail(f"--dataset folder:{folder}: no such folder.")
-    if args.command == "analyze" and not os.path.isfile(args.model):
-        fail(f"no model file at {args.model!r}.")
     if args.command in ("train", "tune"):
         check_cheap_steps(args)
     if args.command == "analyze" and not (args.hessian or args.landscape or args.grad_diff):
         fail("choose at least one of --hessian, --landscape, --grad-diff.")
+    if args.command == "analyze" and not os.path.isfile(args.model):
+        fail(f"no model file at {args.model!r}.")
     return args
 
 
