@@ -1,5 +1,5 @@
 import sys
 
-from keras_ssam.cli import main
+from keras_ssam_cli import main
 
 sys.exit(main(sys.argv[1:]))

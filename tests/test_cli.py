@@ -370,3 +370,9 @@ def test_folder_of_small_images_gets_the_cifar_preset_by_class_count(tmp_path, c
     assert (args.preset, args.rho, args.model, args.num_samples) == (
         preset, 0.2 if classes == 100 else 0.1, "resnet18", 16
     )  # fmt: skip
+
+
+def test_train_passes_no_shuffle_to_fit(tmp_path, recwarn):
+    # The stream orders itself per epoch; fit's default shuffle=True only warned.
+    run(tmp_path, "--optimizer", "sgd", "--epochs", "1")
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]

@@ -109,6 +109,8 @@ def load(
     train_limit=None,
     test_limit=None,
     drop_remainder=True,
+    label_noise=0.0,
+    validation_split=None,
 ):
     """Returns `(train, test, info)`: batched `tf.data` pipelines and facts.
 
@@ -127,10 +129,24 @@ def load(
         drop_remainder: Drop the last incomplete training batch, as the
             official code's `drop_last=True` (CIFAR-10 at batch 128: 390
             steps per epoch). Defaults to `True`.
+        label_noise: Float in `[0, 1)`: symmetric noise on the training
+            labels (`noisy_labels`, seeded by `seed`), applied once when the
+            data is loaded; the test labels stay clean. In-memory datasets
+            only (digits, small images). Defaults to `0.0`.
+        validation_split: `None`, or a float in `(0, 1)`: a seeded fraction of
+            the (noisy) training examples is held out and returned in place
+            of the test pipeline (`info.num_test` counts it); the test set is
+            not read. In-memory datasets only. Defaults to `None`.
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(
             f"`batch_size` must be an integer >= 1; received batch_size={batch_size!r}."
+        )
+    if not 0 <= label_noise < 1:
+        raise ValueError(f"`label_noise` must be in [0, 1); received label_noise={label_noise!r}.")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(
+            f"`validation_split` must be in (0, 1); received validation_split={validation_split!r}."
         )
     options = dict(
         batch_size=batch_size,
@@ -138,6 +154,8 @@ def load(
         augment=augment,
         cutout=cutout,
         drop_remainder=drop_remainder,
+        label_noise=label_noise,
+        validation_split=validation_split,
     )
     if name == "digits":
         (x, y), (xt, yt) = _digits(seed)
@@ -325,8 +343,53 @@ def cutout(images, seed, fill, size=CUTOUT_SIZE, probability=CUTOUT_PROBABILITY)
     return tf.where(hole[..., None], fill, images)
 
 
-def small_pipelines(x, y, xt, yt, info, batch_size, seed, augment, cutout, drop_remainder):
-    """Training and test streams of small-image arrays (CIFAR, digits), train keyed by epoch."""
+def noisy_labels(labels, rate, num_classes, seed):
+    """Symmetric label noise: each label, with probability `rate`, becomes a
+    uniformly drawn *other* class (a seeded draw; `benchmarks/evidence.py`'s
+    convention). Returns a new int64 array."""
+    labels = np.asarray(labels, "int64")
+    if not rate:
+        return labels
+    rng = np.random.default_rng([seed, 29])
+    flip = rng.random(len(labels)) < rate
+    shift = rng.integers(1, num_classes, len(labels))  # a different class, uniformly
+    return np.where(flip, (labels + shift) % num_classes, labels)
+
+
+def split_validation(x, y, fraction, seed):
+    """`(x, y)` as `(train, validation)`: a seeded `fraction` held out, order kept."""
+    count = int(round(fraction * len(y)))
+    if not 0 < count < len(y):
+        raise ValueError(f"validation_split={fraction} of {len(y)} examples leaves an empty split.")
+    held = np.zeros(len(y), bool)
+    held[np.random.default_rng([seed, 31]).permutation(len(y))[:count]] = True
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
+def _streamed(options):
+    """`options` for a streamed (large-image) dataset, which takes no noise or split."""
+    options = dict(options)
+    if options.pop("label_noise") or options.pop("validation_split") is not None:
+        raise DatasetError(
+            "label noise and validation splits work on in-memory datasets only "
+            "(digits, CIFAR-size images), not on ImageNet-size images."
+        )
+    return options
+
+
+def small_pipelines(
+    x, y, xt, yt, info, batch_size, seed, augment, cutout, drop_remainder,
+    label_noise=0.0, validation_split=None,
+):  # fmt: skip
+    """Training and test streams of small-image arrays (CIFAR, digits), train keyed by epoch.
+
+    `label_noise` and `validation_split` as `load`'s: noise first, on the
+    training labels, then the validation examples are held out of them.
+    """
+    y = noisy_labels(y, label_noise, info.num_classes, seed)
+    if validation_split is not None:
+        (x, y), (xt, yt) = split_validation(x, y, validation_split, seed)
+    info.num_train, info.num_test = len(y), len(yt)
     info.steps_per_epoch = steps_per_epoch(info, batch_size, drop_remainder)
     test = tf.data.Dataset.from_tensor_slices((xt, yt))
     test = test.map(lambda a, b: (tf.cast(a, "float32"), b)).batch(batch_size).prefetch(AUTOTUNE)
@@ -410,6 +473,7 @@ def _folder(root, train_limit, test_limit, **options):
         std = tuple(float(v) for v in x.reshape(-1, x.shape[-1]).std(0))
         info = DatasetInfo(name, len(classes), first.shape, len(labels), len(tlabels), mean, std)
         return small_pipelines(x, labels, xt, tlabels, info, **options)
+    options = _streamed(options)
     mean, std = STATS["imagenet"]
     info = DatasetInfo(
         name, len(classes), (224, 224, 3), len(labels), len(tlabels), mean, std, large=True
@@ -545,6 +609,7 @@ def _tfds(name, data_dir, train_limit, test_limit, **options):
         mean, std = STATS.get(name, STATS["cifar10"])
         info = DatasetInfo(name, num_classes, shape, len(y), len(yt), mean, std)
         return small_pipelines(x, y, xt, yt, info, **options)
+    options = _streamed(options)
     if train_limit:
         train = train.take(train_limit)
     if test_limit:
