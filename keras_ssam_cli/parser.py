@@ -13,6 +13,7 @@ from keras_ssam_cli.presets import (
     ALPHA,
     ASCENTS,
     BETWEEN,
+    COLLAPSE_GUARD,
     DISTRIBUTE,
     HVP_MODES,
     METHODS,
@@ -344,6 +345,15 @@ def add_train_parser(sub):
         "--checkpoint-dir",
         default=None,
         help="BackupAndRestore directory: a killed run resumes from it (default: none)",
+    )
+    _closed(
+        g.add_argument,
+        "--collapse-guard",
+        COLLAPSE_GUARD,
+        "warn",
+        "keras_ssam.CollapseGuard: after a warm-up, training near chance level (a rho or "
+        "LookSAM alpha too large) gets one warning (warn), also stops the run (stop), or is "
+        "not watched (off); results.json records collapsed_epoch",
     )
     return t
 

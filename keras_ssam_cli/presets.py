@@ -24,6 +24,7 @@ HVP_MODES = ("forward", "reverse")  # keras_ssam.analysis.HVP_MODES
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 SPLITS = ("train", "test")
+COLLAPSE_GUARD = ("warn", "stop", "off")  # keras_ssam.CollapseGuard in `train`
 # LookSAM's alpha. The paper's 0.7 (Liu et al. 2022) was chosen for ViTs at
 # batch 4096; in docs/EVIDENCE.md's regime it collapsed training at every rho
 # tried, 0.1 did not (issue 29).

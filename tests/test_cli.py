@@ -376,3 +376,19 @@ def test_train_passes_no_shuffle_to_fit(tmp_path, recwarn):
     # The stream orders itself per epoch; fit's default shuffle=True only warned.
     run(tmp_path, "--optimizer", "sgd", "--epochs", "1")
     assert not [w for w in recwarn if "shuffle" in str(w.message)]
+
+
+def test_collapse_guard_is_on_by_default_and_stop_ends_a_collapsed_run(tmp_path):
+    # rho 20 sends SAM's steps far uphill: the digits CNN sits at chance (10 classes).
+    argv = ("--optimizer", "sam", "--rho", "20", "--epochs", "8", "--train-limit", "512")
+    with pytest.warns(UserWarning, match="rho=20"):
+        warned, _ = run(tmp_path / "warn", *argv)
+    assert warned["collapsed_epoch"] is not None
+    assert len(warned["history"]["loss"]) == 8  # the default only warns
+    stopped, _ = run(tmp_path / "stop", *argv, "--collapse-guard", "stop")
+    assert stopped["collapsed_epoch"] == warned["collapsed_epoch"]
+    assert len(stopped["history"]["loss"]) == stopped["collapsed_epoch"] + 1 < 8
+    healthy, _ = run(tmp_path / "sgd", "--optimizer", "sgd", "--epochs", "8", "--train-limit", "512")
+    assert healthy["collapsed_epoch"] is None
+    off, _ = run(tmp_path / "off", *argv, "--collapse-guard", "off")
+    assert "collapsed_epoch" not in off
