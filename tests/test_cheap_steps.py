@@ -222,10 +222,12 @@ def test_looksam_alpha_default_is_the_measured_one_everywhere():
     # regime, 0.1 kept 91 % of SAM's gain; SSAMModel and the recipes (the CLI's
     # and the benchmarks' builder) must agree on it.
     from keras_ssam.experiments import recipes
+    from keras_ssam_cli import parser
 
     direct = SSAMModel(counted_mlp(make_params())[0], interval=5, between="looksam")
     built = recipes.build("sam", counted_mlp(make_params())[0], 0.1, interval=5, between="looksam")
-    assert direct.alpha == built.model.alpha == 0.1
+    cli = parser.build_parser().parse_args(["train"])
+    assert direct.alpha == built.model.alpha == cli.alpha == 0.1
 
 
 class TestBadArguments:
