@@ -16,7 +16,7 @@ TEXTS = np.array(
         "great plot",
         "a dull film",
         "the brown dog",
-        "bad plot over",
+        "bad bad plot",
     ]
 )
 TEXT_LABELS = np.array([0, 1, 1, 0, 1, 0, 0, 1], "int32")
