@@ -550,6 +550,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         the alpha term, as the optimizer sums the replicas' gradients.
         """
         optimizer = self.optimizer
+        # An embedding's gradient is `IndexedSlices`: dense here (g_v is dense).
+        grads, grads_w = (
+            [None if a is None else tf.convert_to_tensor(a) for a in gs] for gs in (grads, grads_w)
+        )
         g = guard.global_gradients(guard.unscale(optimizer, grads_w))
         g_sam = guard.global_gradients(guard.unscale(optimizer, grads))
         buffers = [self._looksam[self._mask_index[id(v)]] for v in variables]
