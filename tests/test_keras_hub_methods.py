@@ -4,8 +4,14 @@ Each case runs three steps of `SSAMModel(task).fit` on raw strings / raw images
 and the same three steps written out with `tf.GradientTape` on an identical
 copy of the task (same initial weights, same Dropout draws in both passes,
 BatchNorm statistics from the first pass only), then compares the weight
-changes. Tolerances, relative to the largest weight change: float32 1e-4,
-mixed_float16 3e-2, mixed_bfloat16 8e-2 (bfloat16 keeps 8 bits of mantissa).
+changes by the relative L2 error of the whole weight change. Tolerances
+(measured errors in brackets, keras-hub 0.32 / TF 2.21 on CPU): float32 1e-5
+(<= 3e-6); BERT mixed_float16 5e-3 (<= 1.4e-3), mixed_bfloat16 5e-2
+(<= 2.6e-2); ResNet mixed_float16 1e-1 (<= 5.4e-2), mixed_bfloat16 2e-1
+(<= 1.1e-1): BatchNorm over 3 images in half precision makes the first
+conv's kernel gradient a difference of nearly equal terms, so the two
+computations round apart there (the reference's own result moves by as much
+when its loss is scaled).
 """
 
 import keras
@@ -20,7 +26,14 @@ import tensorflow as tf  # noqa: E402
 import keras_ssam  # noqa: E402
 
 RHO, LR, ALPHA, MOMENTUM, EPSILON, BATCH = 0.05, 0.1, 0.7, 0.9, 1e-7, 3
-TOLERANCE = {"float32": 1e-4, "mixed_float16": 3e-2, "mixed_bfloat16": 8e-2}
+TOLERANCE = {
+    ("bert", "float32"): 1e-5,
+    ("resnet", "float32"): 1e-5,
+    ("bert", "mixed_float16"): 5e-3,
+    ("bert", "mixed_bfloat16"): 5e-2,
+    ("resnet", "mixed_float16"): 1e-1,
+    ("resnet", "mixed_bfloat16"): 2e-1,
+}
 METHODS = ("sam", "ssam_f", "ssam_d", "looksam", "momentum")
 FAMILIES = {
     "bert": (hub_models.bert_classifier, hub_models.text_data),
@@ -74,10 +87,13 @@ def _loss(task, x, y):
 
 
 def _grads(task, x, y):
+    # float16 gradients are taken of the loss times LossScaleOptimizer's
+    # initial scale (2^15), as SSAMModel's are, or small ones underflow.
+    scale = 2.0**15 if task.dtype_policy.name == "mixed_float16" else 1.0
     with tf.GradientTape() as tape:
-        loss = _loss(task, x, y)
+        loss = _loss(task, x, y) * scale
     grads = tape.gradient(loss, task.trainable_variables)
-    return [tf.cast(tf.convert_to_tensor(g), "float32") for g in grads]
+    return [tf.cast(tf.convert_to_tensor(g), "float32") / scale for g in grads]
 
 
 def _norm(grads):
@@ -135,9 +151,10 @@ def _check(family, method, dtype):
         np.testing.assert_array_equal(a, b)  # the two copies start equal
     got = [f - i for f, i in zip(final, initial)]
     want = [f - i for f, i in zip(ref_final, ref_initial)]
-    scale = max(np.max(np.abs(d)) for d in want)
-    worst = max(np.max(np.abs(a - b)) for a, b in zip(got, want))
-    assert worst <= TOLERANCE[dtype] * scale, (worst, scale)
+    flat_got, flat_want = (np.concatenate([np.ravel(d) for d in ds]) for ds in (got, want))
+    error = np.linalg.norm(flat_got - flat_want) / np.linalg.norm(flat_want)
+    print(f"{family} {method} {dtype}: relative L2 error of the weight change {error:.2e}")
+    assert error <= TOLERANCE[family, dtype], error
     if method in ("ssam_f", "ssam_d"):
         density = np.mean(np.concatenate([np.ravel(m) for m in masks[0]]))
         assert 0.4 < density < 0.6  # a sparse mask was in use
