@@ -319,15 +319,20 @@ def vectorizes(model):
 
 
 class _DropPforWhileLoop(logging.Filter):
-    """Drops pfor's "Conv2DBackpropFilter uses a while_loop. Fix that!" warning.
+    """Drops pfor's notes that it loops over an op ("... uses a while_loop. Fix that!").
 
     pfor has no batched kernel for a filter gradient whose input differs per
-    example (it always does here: the input is an activation), so it falls
-    back to a loop and logs a note addressed to TensorFlow's developers.
+    example (it always does here: the input is an activation), nor for the
+    stateless random ops of Dropout, so it falls back to a loop and logs a
+    note addressed to TensorFlow's developers ("Conv2DBackpropFilter uses a
+    while_loop. Fix that!", "Using a while_loop for converting ...").
     """
 
     def filter(self, record):
-        return "uses a while_loop. Fix that!" not in record.getMessage()
+        message = record.getMessage()
+        return "uses a while_loop. Fix that!" not in message and not message.startswith(
+            "Using a while_loop for converting"
+        )
 
 
 @contextlib.contextmanager
