@@ -76,3 +76,16 @@ def text_data():
 
 def loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def vit_classifier(dropout=0.0, seed=0):
+    """A three-layer ViT image classifier (4 x 4 patches of 16 x 16 images), preprocessor included."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=3, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    converter = keras_hub.layers.ViTImageConverter(image_size=(16, 16), scale=1 / 255.0)
+    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+    return keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=3, preprocessor=preprocessor, dropout=dropout
+    )

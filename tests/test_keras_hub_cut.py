@@ -48,3 +48,20 @@ def test_bert_task_has_no_single_tensor_cut():
     plan = model.step_plan()
     assert not plan["reuse"]
     assert "several inputs" in plan["reason"]
+
+
+def test_vit_task_says_why_it_recomputes_and_trains():
+    """ViT slices the class token between backbone and head: no cut is used (yet), clearly."""
+    x, y = hub_models.images()
+    task = hub_models.vit_classifier()
+    model = keras_ssam.SSAMModel(task, norm_scope="masked")
+    model.compile(optimizer="sgd", loss=hub_models.loss())
+    mask = keras_ssam.StructuredFisherMask(x, y, num_samples=8, sparsity=0.5)
+    before = [np.asarray(v) for v in task.trainable_variables]
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=[mask])
+    plan = model.step_plan()
+    assert not plan["reuse"]
+    assert "is not alone between two layers" in plan["reason"]
+    assert any(
+        not np.array_equal(a, np.asarray(v)) for a, v in zip(before, task.trainable_variables)
+    )

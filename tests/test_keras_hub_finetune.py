@@ -26,7 +26,7 @@ def _values(variables):
     return [np.asarray(v).copy() for v in variables]
 
 
-@pytest.mark.parametrize("kind", ["looksam", "momentum"])
+@pytest.mark.parametrize("kind", ["looksam", pytest.param("momentum", marks=pytest.mark.slow)])
 def test_freeze_train_head_unfreeze_recompile(kind):
     x, y = hub_models.text_data()
     task = hub_models.bert_classifier()

@@ -44,8 +44,10 @@ def find_nested_cut(model, perturbed, variables, find_cut):
     except (ValueError, AttributeError, TypeError):
         return None, None, reason
     inner_ids = {id(w) for w in inner.weights}
-    if {id(w) for w in middle.weights} != inner_ids:
-        return None, None, f"{reason} (the nested {inner.name!r} is not alone between two tensors)"
+    # Only the nested model between the two tensors: an op after it (ViT's
+    # class-token slice) would be lost between backbone_upper and head.
+    if [op for op in middle.operations if not isinstance(op, keras.layers.InputLayer)] != [inner]:
+        return None, None, f"{reason} (the nested {inner.name!r} is not alone between two layers)"
     inner_vars = [v for v in variables if id(v) in inner_ids]
     inner_lower, inner_upper, why = find_cut(
         inner, [v for v in perturbed if id(v) in inner_ids], inner_vars
