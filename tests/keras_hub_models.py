@@ -79,7 +79,7 @@ def loss():
 
 
 def vit_classifier(dropout=0.0, seed=0):
-    """A three-layer ViT image classifier (4 x 4 patches of 16 x 16 images), preprocessor included."""
+    """A three-layer ViT image classifier on 4 x 4 patches of 16 x 16 images, with preprocessor."""
     keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.ViTBackbone(
         image_shape=(16, 16, 3), patch_size=4, num_layers=3, num_heads=2, hidden_dim=8, mlp_dim=16
