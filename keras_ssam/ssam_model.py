@@ -6,6 +6,7 @@ The class reads next to Algorithm 1 of Mi et al. (2022): `train_step` and
 """
 
 import dataclasses
+import importlib
 
 import keras
 import tensorflow as tf
@@ -168,6 +169,16 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         - [Foret et al., 2021](https://arxiv.org/abs/2010.01412)
         - [Kwon et al., 2021](https://arxiv.org/abs/2102.11600)
     """
+
+    def __new__(cls, *args, **kwargs):
+        # A KerasHub Task gets the subclass that applies its preprocessor as
+        # the Task's own fit does. Its caller has imported keras_hub already;
+        # the core never does (`keras_ssam.hub` does, on this path only).
+        model = args[0] if args else kwargs.get("model")
+        if cls is SSAMModel and _is_pipeline_model(model):
+            task_cls = importlib.import_module("keras_ssam.hub").TaskSSAMModel
+            return task_cls.__new__(task_cls, *args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self,
@@ -548,6 +559,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         the alpha term, as the optimizer sums the replicas' gradients.
         """
         optimizer = self.optimizer
+        # An embedding's gradient is `IndexedSlices`: dense here (g_v is dense).
+        grads, grads_w = (
+            [None if a is None else tf.convert_to_tensor(a) for a in gs] for gs in (grads, grads_w)
+        )
         g = guard.global_gradients(guard.unscale(optimizer, grads_w))
         g_sam = guard.global_gradients(guard.unscale(optimizer, grads))
         buffers = [self._looksam[self._mask_index[id(v)]] for v in variables]
@@ -680,6 +695,20 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 config["trigger"], custom_objects=custom_objects
             )
         return cls(**config)
+
+
+# A saved `keras_ssam.hub.TaskSSAMModel` loads without importing keras_ssam.hub
+# first: its name resolves to SSAMModel, whose `__new__` picks the subclass
+# from the deserialized Task (`keras_ssam.hub` registers the class itself).
+keras.saving.get_custom_objects().setdefault("keras_ssam>TaskSSAMModel", SSAMModel)
+
+
+def _is_pipeline_model(model):
+    """Whether `model` is a KerasHub `PipelineModel` (a Task), without importing keras_hub."""
+    return any(
+        c.__name__ == "PipelineModel" and c.__module__.startswith("keras_hub")
+        for c in type(model).__mro__
+    )
 
 
 @dataclasses.dataclass

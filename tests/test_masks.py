@@ -568,6 +568,7 @@ def test_get_config_covers_every_init_argument_and_round_trips(cls, data_args):
         "num_samples": 7,
         "chunk_size": 3,
         "training": False,
+        "vectorize": False,
         "sparsity": 0.25,
         "update_interval": 4,
         "update_unit": "step",

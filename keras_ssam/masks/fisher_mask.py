@@ -1,5 +1,8 @@
 """`FisherMask`: SSAM-F, the mask from the empirical Fisher information."""
 
+import contextlib
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,7 +22,17 @@ class FisherMask(MaskCallback):
     `(1 - sparsity) * N` entries of `F` (Eq. 6). Per-example gradients are
     vectorized with `tf.vectorized_map` over chunks of `chunk_size` examples
     and accumulated chunk by chunk, so extra memory is about `chunk_size`
-    copies of the model.
+    copies of the model. Models with an `Embedding` or `MultiHeadAttention`
+    layer (BERT, ViT) loop over the chunk's examples instead (`vectorize`),
+    adding each example's squares to running totals: an embedding's gradient
+    (`tf.IndexedSlices`) then adds only its looked-up rows (duplicates summed
+    before squaring), so a 30,000 x 128 vocabulary costs the totals and one
+    example's rows, whatever `chunk_size`.
+
+    Inputs may be any nested structure (a dict of arrays such as BERT's
+    `token_ids`, `segment_ids`, `padding_mask`). On a wrapped KerasHub Task
+    (`keras_ssam.hub.TaskSSAMModel`) the Task's preprocessor is applied to
+    each chunk, so `x` is what `fit()` takes (raw strings, raw images).
 
     By default the Fisher pass runs the model in training mode on each
     example alone, as the official code does (a batch-size-1 loader in train
@@ -48,7 +61,8 @@ class FisherMask(MaskCallback):
     `FisherMask.from_config({**config, "x": x, "y": y})`.
 
     Args:
-        x: Training inputs (array), or a finite `tf.data.Dataset` of
+        x: Training inputs (an array or a nested structure of arrays with
+            one batch dimension), or a finite `tf.data.Dataset` of
             `(x, y)` (or `(x, y, sample_weight)`) batches such as the one
             given to `fit()`.
         y: Training targets when `x` is an array. Defaults to `None`.
@@ -60,6 +74,11 @@ class FisherMask(MaskCallback):
         training: Boolean. Run the Fisher pass in training mode (per-example
             BatchNorm statistics, state updates discarded), as the official
             code; `False` for inference mode. Defaults to `True`.
+        vectorize: `True` (per-example gradients by `tf.vectorized_map`),
+            `False` (a loop over each chunk's examples, sparse embedding
+            gradients) or `"auto"` (`False` for models with an `Embedding`
+            or `MultiHeadAttention` layer, whose pfor conversion fails on
+            TensorFlow 2.21). Defaults to `"auto"`.
         sparsity: Float in `[0, 1)`. Defaults to `0.5`.
         update_interval: Integer epochs (or steps) between updates.
             Defaults to `1`.
@@ -90,6 +109,7 @@ class FisherMask(MaskCallback):
         update_interval=1,
         update_unit="epoch",
         seed=0,
+        vectorize="auto",
     ):
         super().__init__(sparsity, update_interval, update_unit, seed)
         self.num_samples = check_positive_int("num_samples", num_samples)
@@ -97,6 +117,11 @@ class FisherMask(MaskCallback):
         if not isinstance(training, bool):
             raise TypeError(f"`training` must be a bool; received training={training!r}.")
         self.training = training
+        if vectorize not in (True, False, "auto"):
+            raise ValueError(
+                f'`vectorize` must be True, False or "auto"; received vectorize={vectorize!r}.'
+            )
+        self.vectorize = vectorize
         self.x = x
         self.y = y
         self._examples = _check_data(x, y)
@@ -142,7 +167,7 @@ class FisherMask(MaskCallback):
         if isinstance(self._examples, tf.data.Dataset):
             return _gather_from_stream(self._examples, take)
         xs, ys = self._examples
-        return xs[take], ys[take]
+        return tf.nest.map_structure(lambda a: a[take], xs), ys[take]
 
     def fisher_scores(self, x=None, y=None):
         """Empirical Fisher per trainable entry, shaped like the masks."""
@@ -152,7 +177,8 @@ class FisherMask(MaskCallback):
         totals = [tf.zeros(v.shape, "float32") for v in variables]
         for start in range(0, len(y), self.chunk_size):
             stop = start + self.chunk_size
-            chunk = self._squared_grads(x[start:stop], y[start:stop], start)
+            chunk_x = tf.nest.map_structure(lambda a, i=start, j=stop: a[i:j], x)
+            chunk = self._squared_grads(chunk_x, y[start:stop], start)
             totals = [t + c for t, c in zip(totals, chunk)]
         return totals
 
@@ -166,9 +192,18 @@ class FisherMask(MaskCallback):
         key = tuple(id(v) for v in variables)
         if self._jacobian_fn is None or self._jacobian_fn[0] != key:
             # Rebuilt when the trainable set changes.
-            self._jacobian_fn = (key, _make_squared_grads(self.model, variables, self.training))
+            vectorize = self.vectorize
+            if vectorize == "auto":
+                vectorize = vectorizes(self.model.model)
+            squared = _make_squared_grads(self.model, variables, self.training, vectorize)
+            self._jacobian_fn = (key, squared)
         positions = tf.range(start, start + len(y), dtype="int64")
-        return self._jacobian_fn[1](tf.convert_to_tensor(x), tf.convert_to_tensor(y), positions)
+        preprocess = getattr(self.model, "preprocess_samples", None)
+        if preprocess is not None:  # a KerasHub Task's preprocessor
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(preprocess(x, y))
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
+        with _quiet_pfor():
+            return self._jacobian_fn[1](x, tf.convert_to_tensor(y), positions)
 
     def get_config(self):
         """All `__init__` arguments except the data `x` and `y`."""
@@ -178,6 +213,7 @@ class FisherMask(MaskCallback):
                 "num_samples": self.num_samples,
                 "chunk_size": self.chunk_size,
                 "training": self.training,
+                "vectorize": self.vectorize,
             }
         )
         return config
@@ -206,7 +242,7 @@ def per_example_loss_fn(model):
     return loss.call if isinstance(loss, keras.losses.Loss) else loss
 
 
-def _make_squared_grads(ssam, variables, training):
+def _make_squared_grads(ssam, variables, training, vectorize):
     inner = ssam.model
     loss_fn = per_example_loss_fn(ssam)
     # Seed states of Dropout and random augmentation layers.
@@ -224,25 +260,91 @@ def _make_squared_grads(ssam, variables, training):
         with keras.StatelessScope(state_mapping=mapping):
             return inner(x, training=True)
 
-    def one_example(example):
+    def grads_of(example):
         x, y, position = example
+        x = tf.nest.map_structure(lambda t: t[None], x)
         with tf.GradientTape() as tape:
-            loss = loss_fn(y[None], forward(x[None], position))
+            loss = loss_fn(y[None], forward(x, position))
             loss = tf.cast(tf.reduce_sum(loss), "float32")
-        grads = tape.gradient(loss, variables)
+        return tape.gradient(loss, variables)
+
+    def one_example(example):
         return [
-            tf.zeros(v.shape, "float32") if g is None else tf.square(tf.cast(g, "float32"))
-            for g, v in zip(grads, variables)
+            tf.zeros(v.shape, "float32")
+            if g is None
+            else tf.square(tf.cast(tf.convert_to_tensor(g), "float32"))
+            for g, v in zip(grads_of(example), variables)
         ]
+
+    def add_example(totals, example):
+        return [_add_squared(t, g) for t, g in zip(totals, grads_of(example))]
 
     @tf.function(reduce_retracing=True)
     def squared_grads(x, y, positions):
-        # pfor turns the per-example forward/backward into batched ops; it
-        # measured 13x faster than `tape.jacobian` on a CIFAR ResNet-18.
-        per_example = tf.vectorized_map(one_example, (x, y, positions))
-        return [tf.reduce_sum(g, axis=0) for g in per_example]
+        if vectorize:
+            # pfor turns the per-example forward/backward into batched ops;
+            # it measured 13x faster than `tape.jacobian` on a CIFAR ResNet-18.
+            per_example = tf.vectorized_map(one_example, (x, y, positions))
+            return [tf.reduce_sum(g, axis=0) for g in per_example]
+        zeros = [tf.zeros(v.shape, "float32") for v in variables]
+        return tf.foldl(add_example, (x, y, positions), initializer=zeros)
 
     return squared_grads
+
+
+def _add_squared(total, grad):
+    """`total + grad ** 2`; an embedding's `IndexedSlices` only adds its looked-up rows.
+
+    Rows looked up several times are summed before squaring (the squared
+    gradient of the example, not the sum of squared lookups).
+    """
+    if grad is None:
+        return total
+    if not isinstance(grad, tf.IndexedSlices):
+        return total + tf.square(tf.cast(grad, "float32"))
+    rows, slot = tf.unique(grad.indices)
+    summed = tf.math.unsorted_segment_sum(tf.cast(grad.values, "float32"), slot, tf.size(rows))
+    return tf.tensor_scatter_nd_add(total, rows[:, None], tf.square(summed))
+
+
+def vectorizes(model):
+    """Whether the Fisher pass can vectorize over examples with pfor (`vectorize="auto"`).
+
+    Not through embeddings or attention: on TensorFlow 2.21 pfor's
+    conversion of KerasHub's BERT gives NaN gradients or corrupts memory,
+    and it densifies an embedding's gradient per example.
+    """
+    risky = (keras.layers.Embedding, keras.layers.MultiHeadAttention)
+    return not any(isinstance(layer, risky) for layer in model._flatten_layers())
+
+
+class _DropPforWhileLoop(logging.Filter):
+    """Drops pfor's notes that it loops over an op ("... uses a while_loop. Fix that!").
+
+    pfor has no batched kernel for a filter gradient whose input differs per
+    example (it always does here: the input is an activation), nor for the
+    stateless random ops of Dropout, so it falls back to a loop and logs a
+    note addressed to TensorFlow's developers ("Conv2DBackpropFilter uses a
+    while_loop. Fix that!", "Using a while_loop for converting ...").
+    """
+
+    def filter(self, record):
+        message = record.getMessage()
+        return "uses a while_loop. Fix that!" not in message and not message.startswith(
+            "Using a while_loop for converting"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_pfor():
+    """`_DropPforWhileLoop` on TensorFlow's logger, for one Fisher pass only."""
+    logger = tf.get_logger()
+    note = _DropPforWhileLoop()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def _gather_from_stream(examples, positions):
@@ -256,8 +358,8 @@ def _gather_from_stream(examples, positions):
         .filter(lambda i, example: tf.gather(keep, i))
         .map(lambda i, example: (example[0], example[1]))
     )
-    xs, ys = zip(*[(np.asarray(a), np.asarray(b)) for a, b in picked])
-    return np.stack(xs), np.stack(ys)
+    xs, ys = zip(*[(tf.nest.map_structure(np.asarray, a), np.asarray(b)) for a, b in picked])
+    return tf.nest.map_structure(lambda *leaves: np.stack(leaves), *xs), np.stack(ys)
 
 
 def _check_data(x, y):
@@ -276,10 +378,13 @@ def _check_data(x, y):
         return examples
     if y is None:
         raise ValueError("`y` is required when `x` is an array.")
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) == 0 or len(x) != len(y):
+    # A list is one array (of strings, say), as in `fit()`; dicts and tuples nest.
+    x = np.asarray(x) if isinstance(x, list) else tf.nest.map_structure(np.asarray, x)
+    y = np.asarray(y)
+    sizes = {len(leaf) for leaf in tf.nest.flatten(x)}
+    if len(sizes) != 1 or 0 in sizes or sizes != {len(y)}:
         raise ValueError(
             "`x` and `y` must hold the same, non-zero number of examples; "
-            f"received {len(x)} and {len(y)}."
+            f"received {sorted(sizes)} and {len(y)}."
         )
     return x, y

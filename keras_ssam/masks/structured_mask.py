@@ -134,6 +134,9 @@ class StructuredFisherMask(FisherMask):
         scores = [tf.cast(s, "float32") for s in self.fisher_scores(x, y)]
         # The top-k runs over the support in mask order: ties go to the lower
         # index, as in FisherMask.
+        preprocess = getattr(self.model, "preprocess_samples", None)
+        if preprocess is not None:  # a KerasHub Task: trace on what the task takes
+            x = keras.utils.unpack_x_y_sample_weight(preprocess(x))[0]
         chosen = sorted(self.support(scores, self.variable_order(x)))
         shapes = [m.shape for m in self.model.masks]
         inside = mask_ops.flatten([scores[i] for i in chosen])
@@ -183,7 +186,9 @@ def depth_order(model, variables, x, strategy=None):
         A list of indices into `variables`.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    spec = tf.TensorSpec((None,) + tuple(x.shape[1:]), tf.as_dtype(x.dtype))
+    spec = tf.nest.map_structure(
+        lambda a: tf.TensorSpec((None,) + tuple(a.shape[1:]), tf.as_dtype(a.dtype)), x
+    )
     forward = tf.function(lambda inputs: model(inputs, training=False))
     graph = forward.get_concrete_function(spec).graph
     captured = {id(outer): inner.op for outer, inner in graph.captures}

@@ -27,6 +27,8 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_ssam.step import cut
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -117,7 +119,8 @@ def find_cut(model, perturbed, variables):
         if up & down or not wanted <= up or not everything <= up | down:
             continue
         return lower, upper, ""
-    return None, None, "no single-tensor cut below the lowest perturbed layer"
+    # The lowest perturbed layer may be a nested model (a backbone): cut inside it.
+    return cut.find_nested_cut(model, perturbed, variables, find_cut)
 
 
 def _structure(model, kind):
