@@ -6,9 +6,6 @@ import re
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-# Written under issue 31 in parallel; drop this once it is merged.
-PENDING = {"docs/keras_hub.md"}
-
 
 def read(path):
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
@@ -54,8 +51,6 @@ LINKS = re.findall(r"\]\(([^)#]+)(#[^)]+)?\)", read("README.md"))
 
 @pytest.mark.parametrize("target, anchor", [link for link in LINKS if "://" not in link[0]])
 def test_links_resolve(target, anchor):
-    if target in PENDING:
-        pytest.skip(f"{target} comes with another issue")
     assert os.path.exists(os.path.join(ROOT, target)), target
     if anchor:
         assert anchor[1:] in anchors(read(target)), f"{target}{anchor}"
