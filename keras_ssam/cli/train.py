@@ -202,6 +202,9 @@ def train(args):
     callbacks = [data.epoch_callback(info), *recipe.callbacks, *epoch_callbacks(args.out)]
     if args.checkpoint_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(_backup_dir(args, strategy)))
+    guard = _collapse_guard(args, info)
+    if guard is not None:
+        callbacks.append(guard)
     start = time.perf_counter()
     # The stream orders itself per epoch (experiments.data); fit's shuffle does not apply.
     history = model.fit(
@@ -213,8 +216,19 @@ def train(args):
         shuffle=False,
     )
     results = _results(args, info, model, history, time.perf_counter() - start, test_ds)
+    if guard is not None:
+        results["collapsed_epoch"] = guard.collapsed_epoch
     _save(args, model, results)
     return results
+
+
+def _collapse_guard(args, info):
+    """`--collapse-guard`: a `CollapseGuard` that warns (or stops), or `None` (off)."""
+    if args.collapse_guard == "off":
+        return None
+    from keras_ssam import CollapseGuard
+
+    return CollapseGuard(info.num_classes, stop_training=args.collapse_guard == "stop")
 
 
 def _results(args, info, model, history, seconds, test_ds):
