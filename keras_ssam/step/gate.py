@@ -63,7 +63,7 @@ def if_sam(sam, perturbed, loss, grads):
     def no():
         return loss, [grads[i] for i in present], tf.constant(True)
 
-    loss2, chosen, finite = tf.cond(sam, yes, no)
+    loss2, chosen, finite = tf.cond(sam, yes, no, name="sam_pass")
     out = [None] * len(grads)
     for i, g in zip(present, chosen):
         out[i] = g

@@ -92,7 +92,7 @@ def _apply_if(optimizer, finite, grads, variables):
     if not tf.distribute.has_strategy() or (
         tf.__internal__.distribute.strategy_supports_no_merge_call()
     ):
-        tf.cond(finite, lambda: apply_now(grads), lambda: None)
+        tf.cond(finite, lambda: apply_now(grads), lambda: None, name="apply_if_finite")
         return
 
     def cross_replica(distribution, finite, grads):
@@ -101,7 +101,7 @@ def _apply_if(optimizer, finite, grads, variables):
         def run():
             distribution.extended.call_for_each_replica(apply_now, args=(grads,))
 
-        tf.cond(ok, run, lambda: None)
+        tf.cond(ok, run, lambda: None, name="apply_if_finite")
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
