@@ -67,3 +67,17 @@ def test_one_pass_steps_cost_keras_plus_the_skip(table):
     base = table["keras", "one pass"][1]
     for row in (("rho 0", "one pass"), ("interval 5", "one pass")):
         assert table[row][1] == base + SKIP
+
+
+@pytest.mark.slow
+def test_step_cost_script_prints_its_table():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "step_cost.py")
+    args = ["--window", "6", "--rounds", "1", "--configs", "keras sgd", "rho 0", "--xla", "off"]
+    out = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if "| xla off" in line]
+    assert [r.split("|")[0].strip() for r in rows] == ["keras sgd", "rho 0"]
