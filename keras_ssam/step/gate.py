@@ -10,6 +10,8 @@ replicas take the same branch.
 
 import tensorflow as tf
 
+from keras_ssam.step import guard
+
 # MSAM's LookSAM divides by ||g||^2 + 1e-12 (optimizer/looksam.py).
 _LOOKSAM_EPSILON = 1e-12
 
@@ -57,7 +59,7 @@ def if_sam(sam, perturbed, loss, grads):
             tf.zeros_like(grads[i]) if grads2[i] is None else tf.cast(grads2[i], grads[i].dtype)
             for i in present
         ]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in chosen])
+        finite = guard.grads_finite(chosen)
         return tf.cast(loss2, loss.dtype), chosen, finite
 
     def no():
