@@ -43,6 +43,19 @@ def sparse_perturbation(
     Returns:
         A list of perturbation tensors, one per gradient.
     """
+    return perturbation_and_norm(
+        gradients, masks, rho, variables, norm_scope, adaptive, eta, epsilon
+    )[0]
+
+
+def perturbation_and_norm(
+    gradients, masks, rho, variables=None, norm_scope="all", adaptive=False, eta=0.01, epsilon=1e-7
+):
+    """`sparse_perturbation(...)` and the norm it divides by (without `epsilon`).
+
+    The norm tells whether `e` is zero without a further pass over the
+    parameters (momentum ascent logs that).
+    """
     if norm_scope not in NORM_SCOPES:
         raise ValueError(
             f"`norm_scope` must be one of {NORM_SCOPES}; received norm_scope={norm_scope!r}."
@@ -65,4 +78,4 @@ def sparse_perturbation(
     norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(s)) for s in normed]))
     factor = tf.cast(rho, norm.dtype) / (norm + epsilon)
     steps = [s if t is None else t * s for s, t in zip(scaled, scales)]
-    return [factor * s * m for s, m in zip(steps, masks)]
+    return [factor * s * m for s, m in zip(steps, masks)], norm

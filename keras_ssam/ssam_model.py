@@ -11,7 +11,7 @@ import importlib
 import keras
 import tensorflow as tf
 
-from keras_ssam.perturbation import sparse_perturbation
+from keras_ssam.perturbation import perturbation_and_norm, sparse_perturbation
 from keras_ssam.step import gate, guard, passes
 from keras_ssam.step.arguments import check_arguments, check_rho
 from keras_ssam.step.mask_state import MaskState, is_float
@@ -302,6 +302,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             trainable=False,
         )
         self._build_optional_state(weights)
+        self._build_density()
 
     def _build_optional_state(self, weights):
         """State that only some step kinds have, created last (see `_optional_state`)."""
@@ -388,7 +389,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         self.sam_steps_tracker.update_state(tf.cast(first.sam, "float32"))
         grads = guard.add_coupled_decay(self.optimizer, self.coupled_weight_decay, grads, variables)
         guard.apply(self.optimizer, finite, grads, variables, self.non_finite_steps)
-        self.mask_density_tracker.update_state(self._density())
+        self.mask_density_tracker.update_state(self._density_value)
         y_pred = (
             preds[0]
             if len(preds) == 1
@@ -439,18 +440,8 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         if gated and len(support) < len(variables):  # a one-pass step applies all of g
             finite = tf.logical_and(finite, guard.agree(guard.grads_finite(grads_w)))
 
-        # Line 2: the masked ascent step e (Eq. 2); zero when g is not finite.
-        e = sparse_perturbation(
-            ascent,
-            self._masks_for(support),
-            self._rho,
-            variables=support,
-            norm_scope=self.norm_scope,
-            adaptive=self.adaptive,
-            eta=self.eta,
-            epsilon=self.epsilon,
-        )
-        e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
+        # Read before an in-step mask update moves them (SSAM-D's order).
+        masks = self._masks_for(support)
         if first:
             # SSAM-D: the mask moves after e was formed with the current one.
             self._maybe_update_masks_in_step(ascent, support)
@@ -458,8 +449,22 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         if sam is None:
             sam, trigger_state = self._sam_step(g_global) if gated else (tf.constant(True), None)
 
-        # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
         def perturbed():
+            # Line 2: the masked ascent step e (Eq. 2); zero when g is not
+            # finite. Formed here, inside the SAM branch: a one-pass step
+            # never pays for it.
+            e = sparse_perturbation(
+                ascent,
+                masks,
+                self._rho,
+                variables=support,
+                norm_scope=self.norm_scope,
+                adaptive=self.adaptive,
+                eta=self.eta,
+                epsilon=self.epsilon,
+            )
+            e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
+            # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
             moved = {
                 id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)
             }
@@ -489,10 +494,11 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         optimizer = self.optimizer
         buffers = [self._momentum[self._mask_index[id(v)]] for v in variables]
         old = [tf.convert_to_tensor(b) for b in buffers]
-        e = sparse_perturbation(
-            [-b for b in old],
+        # -rho * v / ||v|| (negation is exact: the same bits as -v).
+        e, norm = perturbation_and_norm(
+            old,
             self._masks_for(variables),
-            self._rho,
+            -self._rho,
             variables=variables,
             norm_scope=self.norm_scope,
             adaptive=self.adaptive,
@@ -508,14 +514,17 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         for buffer, o, gi, v in zip(buffers, old, g, variables):
             if gi is None:
                 continue
-            new = self.momentum * o + tf.cast(gi, "float32") + wd * tf.cast(v, "float32")
+            new = self.momentum * o + tf.cast(gi, "float32")
+            if wd:
+                new = new + wd * tf.cast(v, "float32")
             buffer.assign(tf.where(finite, new, o))
         self._track(x, loss, loss, tf.constant(False))
-        moved = tf.logical_and(self._rho > 0, gate.global_norm(old) > 0)
+        # e's own norm: no pass over the parameters just for this log.
+        moved = tf.logical_and(self._rho > 0, norm > 0)
         self.sam_steps_tracker.update_state(tf.cast(moved, "float32"))
         grads = guard.add_coupled_decay(optimizer, self.coupled_weight_decay, grads, variables)
         guard.apply(optimizer, finite, grads, variables, self.non_finite_steps)
-        self.mask_density_tracker.update_state(self._density())
+        self.mask_density_tracker.update_state(self._density_value)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         logs = dict(logs, rho=tf.cast(self._rho, "float32"))
         return guard.for_multi_worker(logs)
@@ -556,28 +565,44 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
 
         `g` and `g_s` are the global, unscaled gradients (coupled decay is
         added later, so it is not in `||g||`); each replica adds its share of
-        the alpha term, as the optimizer sums the replicas' gradients.
+        the alpha term, as the optimizer sums the replicas' gradients. Each
+        half runs only on its own steps: the direction on (finite) SAM steps,
+        `||g||` and the alpha term between them.
         """
         optimizer = self.optimizer
         # An embedding's gradient is `IndexedSlices`: dense here (g_v is dense).
         grads, grads_w = (
             [None if a is None else tf.convert_to_tensor(a) for a in gs] for gs in (grads, grads_w)
         )
+        buffers = [self._looksam[self._mask_index[id(v)]] for v in variables]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        # All-reduces stay outside the conds (free on one device).
         g = guard.global_gradients(guard.unscale(optimizer, grads_w))
         g_sam = guard.global_gradients(guard.unscale(optimizer, grads))
-        buffers = [self._looksam[self._mask_index[id(v)]] for v in variables]
-        old = [tf.convert_to_tensor(b) for b in buffers]
-        factor = self.alpha * gate.global_norm(g)
-        factor = factor / tf.distribute.get_strategy().num_replicas_in_sync
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            factor = factor * tf.cast(optimizer.dynamic_scale, "float32")
-        out = [
-            None if gr is None else tf.where(sam, gr, gr + tf.cast(factor * o, gr.dtype))
-            for gr, o in zip(grads, old)
-        ]
+
+        def store():
+            for buffer, new in zip(buffers, gate.looksam_direction(g, g_sam)):
+                if new is not None:
+                    buffer.assign(new)
+
+        # A skipped (non-finite) SAM step keeps the stored direction.
         keep = tf.logical_and(sam, finite)
-        for buffer, new, o in zip(buffers, gate.looksam_direction(g, g_sam), old):
-            buffer.assign(tf.where(keep, o if new is None else new, o))
+        tf.cond(keep, store, lambda: None, name="looksam_store")
+
+        def between():
+            factor = self.alpha * gate.global_norm(g)
+            factor = factor / tf.distribute.get_strategy().num_replicas_in_sync
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                factor = factor * tf.cast(optimizer.dynamic_scale, "float32")
+            return [
+                grads[i] + tf.cast(factor * tf.convert_to_tensor(buffers[i]), grads[i].dtype)
+                for i in present
+            ]
+
+        chosen = tf.cond(sam, lambda: [grads[i] for i in present], between, name="looksam_add")
+        out = [None] * len(grads)
+        for i, g in zip(present, chosen):
+            out[i] = g
         return out
 
     def _ascent_gradients(self, grads):

@@ -10,6 +10,8 @@ replicas take the same branch.
 
 import tensorflow as tf
 
+from keras_ssam.step import guard
+
 # MSAM's LookSAM divides by ||g||^2 + 1e-12 (optimizer/looksam.py).
 _LOOKSAM_EPSILON = 1e-12
 
@@ -57,13 +59,13 @@ def if_sam(sam, perturbed, loss, grads):
             tf.zeros_like(grads[i]) if grads2[i] is None else tf.cast(grads2[i], grads[i].dtype)
             for i in present
         ]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in chosen])
+        finite = guard.grads_finite(chosen)
         return tf.cast(loss2, loss.dtype), chosen, finite
 
     def no():
         return loss, [grads[i] for i in present], tf.constant(True)
 
-    loss2, chosen, finite = tf.cond(sam, yes, no)
+    loss2, chosen, finite = tf.cond(sam, yes, no, name="sam_pass")
     out = [None] * len(grads)
     for i, g in zip(present, chosen):
         out[i] = g

@@ -114,13 +114,23 @@ class MaskState:
 
     def mask_density(self):
         """Fraction of the trainable entries that are perturbed."""
-        return float(keras.ops.convert_to_numpy(self._density()))
+        return float(keras.ops.convert_to_numpy(density(self.masks)))
 
-    def _density(self):
-        masks = self.masks
-        total = sum(int(np.prod(m.shape)) for m in masks)
-        ones = tf.add_n([tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in masks])
-        return tf.cast(tf.cast(ones, "float64") / total, "float32")
+    def _build_density(self):
+        """The logged density, kept where the masks change rather than counted each step.
+
+        Derived from the masks, so not saved: the variable is kept out of
+        Keras' tracking (the saved layout is positional). The host sets it
+        with the support (`_refresh_support`), an in-step update in-graph.
+        """
+        value = keras.Variable(1.0, trainable=False, dtype="float32", name="mask_density")
+        object.__setattr__(self, "_density_value", value)
+
+    def _store_density(self, values):
+        """Sets the logged density from the host's copy of the masks."""
+        total = sum(int(np.prod(np.shape(v))) for v in values)
+        ones = sum(int(np.count_nonzero(v)) for v in values)
+        self._density_value.assign(ones / total)
 
     def _masks_for(self, variables):
         return [tf.convert_to_tensor(self._masks[self._mask_index[id(v)]]) for v in variables]
@@ -141,17 +151,30 @@ class MaskState:
             for v in ordered
         ]
         current = [tf.convert_to_tensor(m) for m in masks]
-        new = tf.cond(
-            self._mask_update_pending > 0,
-            lambda: [
+
+        def update():
+            new = [
                 tf.cast(n, "float32") for n in self._in_step_mask_fn(mask_grads, ordered, current)
-            ],
-            lambda: current,
+            ]
+            return new, density(new)
+
+        new, value = tf.cond(
+            self._mask_update_pending > 0,
+            update,
+            lambda: (current, tf.convert_to_tensor(self._density_value)),
         )
         # Assigned outside the cond: mirrored variables need it there.
-        for mask, value in zip(masks, new):
-            mask.assign(value)
+        for mask, value_i in zip(masks, new):
+            mask.assign(value_i)
+        self._density_value.assign(value)
         self._mask_update_pending.assign(0)
+
+
+def density(masks):
+    """Fraction of the entries of `masks` that are nonzero (float32)."""
+    total = sum(int(np.prod(m.shape)) for m in masks)
+    ones = tf.add_n([tf.math.count_nonzero(tf.convert_to_tensor(m)) for m in masks])
+    return tf.cast(tf.cast(ones, "float64") / total, "float32")
 
 
 def is_float(variable):

@@ -42,6 +42,7 @@ class Support:
         """Re-derives the support from the masks; retraces the step if it changed."""
         if values is None:
             values = [keras.ops.convert_to_numpy(m) for m in self.masks]
+        self._store_density(values)
         variables = self.masked_variables
         support = frozenset(id(variables[i]) for i in planning.support_of(values))
         if support == self._support_ids:
@@ -105,9 +106,11 @@ class Support:
         outside = [v for i, v in enumerate(variables) if i not in inside]
         if not outside:
             return tf.constant(True)
-        current = tf.logical_not(
-            tf.reduce_any([tf.reduce_any(tf.not_equal(m, 0.0)) for m in self._masks_for(outside)])
-        )
+        # One read of each mask, no mask-sized temporaries: max and min.
+        masks = self._masks_for(outside)
+        largest = tf.reduce_max([tf.reduce_max(m) for m in masks])
+        smallest = tf.reduce_min([tf.reduce_min(m) for m in masks])
+        current = tf.logical_and(tf.equal(largest, 0.0), tf.equal(smallest, 0.0))
         # XLA compiles Assert away; the step is then skipped instead (and
         # counted with the skipped non-finite steps): never a silent wrong step.
         tf.debugging.Assert(current, [_STALE_SUPPORT])
