@@ -388,7 +388,9 @@ def test_collapse_guard_is_on_by_default_and_stop_ends_a_collapsed_run(tmp_path)
     stopped, _ = run(tmp_path / "stop", *argv, "--collapse-guard", "stop")
     assert stopped["collapsed_epoch"] == warned["collapsed_epoch"]
     assert len(stopped["history"]["loss"]) == stopped["collapsed_epoch"] + 1 < 8
-    healthy, _ = run(tmp_path / "sgd", "--optimizer", "sgd", "--epochs", "8", "--train-limit", "512")
+    healthy, _ = run(
+        tmp_path / "sgd", "--optimizer", "sgd", "--epochs", "8", "--train-limit", "512"
+    )
     assert healthy["collapsed_epoch"] is None
     off, _ = run(tmp_path / "off", *argv, "--collapse-guard", "off")
     assert "collapsed_epoch" not in off

@@ -7,6 +7,7 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
+
 def read(path):
     with open(os.path.join(ROOT, path), encoding="utf-8") as f:
         return f.read()
