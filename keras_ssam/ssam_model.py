@@ -7,6 +7,7 @@ The class reads next to Algorithm 1 of Mi et al. (2022): `train_step` and
 
 import dataclasses
 import importlib
+import inspect
 
 import keras
 import tensorflow as tf
@@ -765,3 +766,10 @@ def _sum_grads(total, grads):
     if total is None or grads is None:
         return grads if total is None else total
     return [passes.add_optional(a, b) for a, b in zip(total, grads)]
+
+
+# `__new__` takes `*args, **kwargs`; `inspect.signature(SSAMModel)` (help(), IDEs,
+# the config test) shows `__init__`'s arguments instead.
+SSAMModel.__signature__ = inspect.signature(SSAMModel.__init__).replace(
+    parameters=list(inspect.signature(SSAMModel.__init__).parameters.values())[1:]
+)
