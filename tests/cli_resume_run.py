@@ -1,5 +1,6 @@
 """Runs `keras-ssam train` on digits, optionally crashing mid-epoch (for test_cli)."""
 
+import importlib
 import os
 import sys
 
@@ -8,8 +9,11 @@ import keras  # noqa: E402
 
 from keras_ssam import cli  # noqa: E402
 
+# The module, not `cli.train` (the package re-exports the function under that name).
+train_command = importlib.import_module("keras_ssam.cli.train")
+
 out, checkpoint, crash = sys.argv[1], sys.argv[2], sys.argv[3] == "crash"
-add_callbacks = cli.epoch_callbacks
+add_callbacks = train_command.epoch_callbacks
 
 
 class Crash(keras.callbacks.Callback):
@@ -21,7 +25,8 @@ class Crash(keras.callbacks.Callback):
             os._exit(3)  # as abrupt as a kill
 
 
-cli.epoch_callbacks = lambda path: add_callbacks(path) + [Crash()]
+# `train` looks the name up in its own module (keras_ssam/cli/train.py).
+train_command.epoch_callbacks = lambda path: add_callbacks(path) + [Crash()]
 argv = [
     "train",
     "--dataset",
