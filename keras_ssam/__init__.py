@@ -10,7 +10,10 @@ The package is grouped by kind:
 - `CollapseGuard` (`collapse_guard`): a callback that flags training stuck at chance level;
 - `analysis`: flatness measurements (Hessian, landscape, gradient difference) and plots;
 - `experiments`: the paper's data pipelines and models;
-- `cli`: `keras-ssam train` / `analyze` on top of all of them.
+- `tuning`: rho search on KerasTuner (extra `tune`);
+- `hub`: KerasHub tasks, `SSAMModel(task)` (extra `hub`; imported only when a task is wrapped);
+- `cli`: `keras-ssam train` / `tune` / `analyze` on top of all of them (the console entry,
+  `keras_ssam_cli`, parses without importing TensorFlow).
 
 The step imports neither masks, schedules, experiments nor the CLI.
 """
