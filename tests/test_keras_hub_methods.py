@@ -144,7 +144,7 @@ def _reference_run(family, method, dtype, masks):
     return initial, [np.asarray(v) for v in variables]
 
 
-def _check(family, method, dtype):
+def check_matches_reference(family, method, dtype):
     initial, final, masks, model = _ssam_run(family, method, dtype)
     ref_initial, ref_final = _reference_run(family, method, dtype, masks)
     for a, b in zip(initial, ref_initial):
@@ -164,14 +164,14 @@ def _check(family, method, dtype):
 
 @pytest.mark.parametrize("family", ["bert", "resnet"])
 def test_sam_equals_the_tape_reference(family):
-    _check(family, "sam", "float32")
+    check_matches_reference(family, "sam", "float32")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS[1:])
 @pytest.mark.parametrize("family", ["bert", "resnet"])
 def test_method_equals_the_tape_reference(family, method):
-    _check(family, method, "float32")
+    check_matches_reference(family, method, "float32")
 
 
 @pytest.mark.slow
@@ -179,4 +179,4 @@ def test_method_equals_the_tape_reference(family, method):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", ["bert", "resnet"])
 def test_method_in_mixed_precision_equals_the_tape_reference(family, method, dtype):
-    _check(family, method, dtype)
+    check_matches_reference(family, method, dtype)
