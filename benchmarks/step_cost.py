@@ -99,37 +99,74 @@ def build(name, model_name, x, y, total_steps, xla, package=None):
     return model
 
 
-class StepTimes(keras.callbacks.Callback):
-    """Each step of the last `fit`: seconds (between batch ends) and whether it was a SAM step.
+def machine_seconds():
+    """`(busy, steal)`: CPU seconds the whole machine has spent busy and stolen, from /proc/stat.
 
-    Whether a step was a SAM step follows from the running mean `sam_steps`
-    that the batch logs carry (plain Keras: none are).
+    Steal is time the hypervisor ran something else on this VM's virtual CPUs.
+    Linux only; zeros elsewhere. Jiffies (10 ms): meaningful summed over steps.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _, _, irq, softirq, steal = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+class StepTimes(keras.callbacks.Callback):
+    """Each step of the last `fit`: wall and CPU seconds, the machine's share, SAM or not.
+
+    Per step (between consecutive `on_train_batch_end` calls): `times` (wall
+    seconds), `cpu` (this process's CPU seconds, all threads), `busy` (the
+    whole machine's busy CPU seconds, 10 ms ticks: compare sums, not single
+    steps), `steal` (seconds the hypervisor took from this VM) - the evidence
+    for whether a slow step was this process working or waiting. Whether a
+    step was a SAM step follows from the running mean `sam_steps` that the
+    batch logs carry (plain Keras: none are).
     """
 
     def on_train_begin(self, logs=None):
-        self.times, self.sam = [], []
-        self._last, self._mean = time.perf_counter(), 0.0
+        self.times, self.sam, self.cpu, self.busy, self.steal = [], [], [], [], []
+        self._last = (time.perf_counter(), time.process_time(), *machine_seconds())
+        self._mean = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        self.times.append(now - self._last)
+        now = (time.perf_counter(), time.process_time(), *machine_seconds())
+        wall, cpu, busy, steal = (a - b for a, b in zip(now, self._last))
         self._last = now
+        self.times.append(wall)
+        self.cpu.append(cpu)
+        self.busy.append(busy)
+        self.steal.append(steal)
         mean = float((logs or {}).get("sam_steps", 0.0))
         self.sam.append(round((batch + 1) * mean - batch * self._mean) == 1)
         self._mean = mean
 
 
 def window(model, data):
-    """`(per-step seconds, SAM flags, window seconds)` of one window."""
+    """One window's record: per-step lists (see `StepTimes`) and the window's seconds."""
     timer = StepTimes()
     start = time.perf_counter()
     model.fit(data, epochs=1, verbose=0, callbacks=[timer])
     seconds = time.perf_counter() - start
     # The first step of a window also waits for the input pipeline to start.
-    return np.asarray(timer.times[1:]), np.asarray(timer.sam[1:]), seconds
+    fields = ("times", "sam", "cpu", "busy", "steal")
+    record = {
+        f: [float(v) if f != "sam" else bool(v) for v in getattr(timer, f)[1:]] for f in fields
+    }
+    record["seconds"] = seconds
+    return record
 
 
-def measure(model_name, names, xla_modes, args):
+def measure(model_name, names, xla_modes, args, saved, save):
+    """Runs the rounds `saved` (this model's part of the results file) lacks.
+
+    `saved["rounds"]` holds one dict per finished round, configuration key ->
+    window record; `save()` is called after each round, so a stopped run
+    resumes where it stopped (the rotation depends on the round's index only).
+    """
     shape, batch = SIZES[model_name]
     batch = args.batch or batch
     rng = np.random.default_rng(0)
@@ -139,68 +176,98 @@ def measure(model_name, names, xla_modes, args):
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
     keys = [(name, xla) for xla in xla_modes for name in names]
     total = args.window * (args.rounds + 1)
+    saved.setdefault("rounds", [])
+    saved.setdefault("loads", [])
+    saved["batch"] = batch
+    if len(saved["rounds"]) >= args.rounds:
+        return saved
     built = {}
     for name, xla in keys:
         config, _, package = name.partition(" @")
         built[name, xla] = build(config, model_name, x, y, total, xla, package or None)
     for model in built.values():
         window(model, data)  # traces and compiles the step; not timed
-    runs = {k: [] for k in keys}
-    loads = []
-    for r in range(args.rounds):
-        loads.append(os.getloadavg())
+    for r in range(len(saved["rounds"]), args.rounds):
+        loads = os.getloadavg()
+        records = {}
         for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            runs[k].append(window(built[k], data))
-    return runs, loads, batch
+            records[_key(*k)] = window(built[k], data)
+        saved["loads"].append(loads)
+        saved["rounds"].append(records)
+        save()
+    return saved
 
 
-def summarize(runs, names, xla_modes, stall):
+def _key(name, xla):
+    return f"{name} | xla {'on' if xla else 'off'}"
+
+
+def summarize(saved, names, xla_modes, stall):
     """Per configuration and XLA mode: the estimators' ratios and the stalls."""
     rows = {}
+    rounds = saved["rounds"]
     for xla in xla_modes:
-        ref = [_step_cost(t, sam, stall) for t, sam, _ in runs["keras sgd", xla]]
-        ref_window = np.array([s for _, _, s in runs["keras sgd", xla]])
+        ref = [_step_cost(r[_key("keras sgd", xla)], stall)[0] for r in rounds]
+        ref_window = np.array([r[_key("keras sgd", xla)]["seconds"] for r in rounds])
         for name in names:
-            mine = runs[name, xla]
-            costs = [_step_cost(t, sam, stall) for t, sam, _ in mine]
-            step = np.array([c for c, _, _ in costs])
-            whole = np.array([s for _, _, s in mine])
-            rows[f"{name} | xla {'on' if xla else 'off'}"] = {
+            mine = [r[_key(name, xla)] for r in rounds]
+            costs = [_step_cost(rec, stall) for rec in mine]
+            step = np.array([c for c, _ in costs])
+            whole = np.array([rec["seconds"] for rec in mine])
+            slow = {f: sum(s[f] for _, s in costs) for f in costs[0][1]}
+            rows[_key(name, xla)] = {
                 "ms_per_step": 1000 * float(np.median(step)),
-                "step_ratio": _spread(step / np.array([c for c, _, _ in ref])),
+                "step_ratio": _spread(step / np.array(ref)),
                 "window_ratio": _spread(whole / ref_window),
-                "stalls": int(sum(n for _, n, _ in costs)),
-                "stall_share": float(sum(t for _, _, t in costs) / whole.sum()),
-                "sam_steps": float(np.mean([sam.mean() for _, sam, _ in mine])),
+                "stall_share": float(slow["wall"] / whole.sum()),
+                "sam_steps": float(np.mean([np.mean(rec["sam"]) for rec in mine])),
+                "stalls": slow,
             }
     return rows
 
 
-def _step_cost(times, sam, stall):
-    """`(cost, stalls, stall seconds)`: the SAM-share-weighted median of each kind of step.
+def _step_cost(record, stall):
+    """`(cost, stalls)`: the SAM-share-weighted median of each kind of step, and its stalls.
 
-    One-pass and SAM steps are summarized apart (a SAM step is no stall);
-    a step slower than `stall` times its kind's median is a stall.
+    One-pass and SAM steps are summarized apart (a SAM step is no stall); a
+    step slower than `stall` times its kind's median is a stall. `stalls`
+    sums over them: their count `n`; `wall`, `cpu` (this process), `busy`
+    (the machine) and `steal` seconds; `extra_wall` and `extra_cpu`, what they took beyond
+    their kind's median step; `working`, how many of them ran on at least 1.5x
+    the median step's own CPU (this process worked rather than waited).
     """
-    cost, stalls, lost = 0.0, 0, 0.0
+    times, sam = np.asarray(record["times"]), np.asarray(record["sam"], bool)
+    cpu = np.asarray(record["cpu"])
+    cost = 0.0
+    stalls = dict.fromkeys(
+        ("n", "wall", "cpu", "busy", "steal", "extra_wall", "extra_cpu", "working"), 0.0
+    )
     for kind in (False, True):
-        t = times[sam == kind]
-        if t.size:
-            median = float(np.median(t))
-            cost += median * t.size / times.size
-            slow = t > stall * median
-            stalls, lost = stalls + int(slow.sum()), lost + float(t[slow].sum())
-    return cost, stalls, lost
+        mine = sam == kind
+        if not mine.any():
+            continue
+        median, median_cpu = float(np.median(times[mine])), float(np.median(cpu[mine]))
+        cost += median * mine.sum() / times.size
+        slow = mine & (times > stall * median)
+        stalls["n"] += int(slow.sum())
+        for field in ("wall", "cpu", "busy", "steal"):
+            source = times if field == "wall" else np.asarray(record[field])
+            stalls[field] += float(source[slow].sum())
+        stalls["extra_wall"] += float((times[slow] - median).sum())
+        stalls["extra_cpu"] += float((cpu[slow] - median_cpu).sum())
+        stalls["working"] += int((cpu[slow] > 1.5 * median_cpu).sum())
+    return cost, stalls
 
 
 def _spread(ratios):
     return [float(ratios.min()), float(np.median(ratios)), float(ratios.max())]
 
 
-def table(model_name, rows, loads, batch, args):
+def table(model_name, rows, saved, args):
+    loads = [a[0] for a in saved["loads"]]
     lines = [
-        f"\nmodel={model_name} batch={batch} window={args.window} steps, {args.rounds} rounds, "
-        f"load (1 min) {min(a[0] for a in loads):.1f}-{max(a[0] for a in loads):.1f}",
+        f"\nmodel={model_name} batch={saved['batch']} window={args.window} steps, "
+        f"{len(saved['rounds'])} rounds, load (1 min) {min(loads):.1f}-{max(loads):.1f}",
         f"{'config':<34} {'ms/step':>7} {'per-step ratio (min-max)':>25} "
         f"{'window ratio (min-max)':>23} {'stalls':>6} {'stall %':>7} {'SAM':>5}",
     ]
@@ -210,10 +277,61 @@ def table(model_name, rows, loads, batch, args):
         sam = f"{row['sam_steps']:.2f}"
         lines.append(
             f"{name:<34} {row['ms_per_step']:>7.2f} {med:>10.2f} ({lo:.2f}-{hi:.2f}) "
-            f"{wmed:>9.2f} ({wlo:.2f}-{whi:.2f}) {row['stalls']:>6} "
+            f"{wmed:>9.2f} ({wlo:.2f}-{whi:.2f}) {int(row['stalls']['n']):>6} "
             f"{100 * row['stall_share']:>6.1f}% {sam:>5}"
         )
     print("\n".join(lines), flush=True)
+
+
+def stall_table(model_name, rows, saved):
+    """Where the stalls' time went: this process working, or the machine taking the CPUs.
+
+    Rates are CPU seconds per wall second: `own` (this process), `others`
+    (the rest of the machine busy) and `steal` (the hypervisor), during stall
+    steps against all steps. `work`: stalls on >= 1.5x the median step's own
+    CPU; `extra s` and `own CPU`: their wall and CPU seconds beyond the median.
+    """
+    steps = [rec for r in saved["rounds"] for rec in r.values()]
+    wall = sum(sum(rec["times"]) for rec in steps)
+    own = sum(sum(rec["cpu"]) for rec in steps) / wall
+    others = sum(sum(rec["busy"]) for rec in steps) / wall - own
+    steal = sum(sum(rec["steal"]) for rec in steps) / wall
+    lines = [
+        f"\nstalls of {model_name}; all steps: own {own:.2f}, others {others:.2f}, "
+        f"steal {steal:.2f} CPU s/s",
+        f"{'config':<34} {'stalls':>6} {'extra s':>8} {'own CPU':>8} {'work':>5} "
+        f"{'own/s':>6} {'others/s':>8} {'steal/s':>8}",
+    ]
+    for name, row in rows.items():
+        st = row["stalls"]
+        if not st["n"]:
+            continue
+        lines.append(
+            f"{name:<34} {int(st['n']):>6} {st['extra_wall']:>8.2f} {st['extra_cpu']:>8.2f} "
+            f"{int(st['working']):>5} {st['cpu'] / st['wall']:>6.2f} "
+            f"{(st['busy'] - st['cpu']) / st['wall']:>8.2f} "
+            f"{st['steal'] / st['wall']:>8.2f}"
+        )
+    print("\n".join(lines), flush=True)
+
+
+def _load(path, args):
+    """The results file to resume, or a new one; refuses one made with other settings."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("rounds", "out", "models")}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+        if results["settings"] != settings:
+            raise SystemExit(f"{path} was made with {results['settings']}, not {settings}")
+        return results
+    return {"settings": settings, "models": {}}
+
+
+def _save(path, results):
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f)
+        os.replace(path + ".tmp", path)
 
 
 def main(argv=None):
@@ -225,7 +343,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--batch", type=int, default=None, help="default: per model")
     parser.add_argument("--stall", type=float, default=3.0, help="x the window's median step")
-    parser.add_argument("--out", default=None, help="JSON file for the results")
+    parser.add_argument(
+        "--out", default=None, help="JSON file for every step's record; an existing one resumes"
+    )
     parser.add_argument(
         "--compare-package",
         default=None,
@@ -237,15 +357,15 @@ def main(argv=None):
     if args.compare_package:
         names += [f"{c} @{args.compare_package}" for c in names[1:]]
     xla_modes = [mode == "on" for mode in args.xla]
-    results = {"args": vars(args), "models": {}}
+    results = _load(args.out, args)
     for model_name in args.models:
-        runs, loads, batch = measure(model_name, names, xla_modes, args)
-        rows = summarize(runs, names, xla_modes, args.stall)
-        table(model_name, rows, loads, batch, args)
-        results["models"][model_name] = {"rows": rows, "loads": loads}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        saved = results["models"].setdefault(model_name, {})
+        measure(model_name, names, xla_modes, args, saved, lambda: _save(args.out, results))
+        rows = summarize(saved, names, xla_modes, args.stall)
+        table(model_name, rows, saved, args)
+        stall_table(model_name, rows, saved)
+        saved["rows"] = rows
+    _save(args.out, results)
     return results
 
 
