@@ -160,6 +160,15 @@ def window(model, data):
     return record
 
 
+def synthetic_data(shape, batch, steps):
+    """`(x, y, dataset)`: `steps` batches of Gaussian inputs and 10 random classes."""
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = rng.integers(0, 10, n)
+    return x, y, tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+
+
 def measure(model_name, names, xla_modes, args, saved, save):
     """Runs the rounds `saved` (this model's part of the results file) lacks.
 
@@ -169,11 +178,7 @@ def measure(model_name, names, xla_modes, args, saved, save):
     """
     shape, batch = SIZES[model_name]
     batch = args.batch or batch
-    rng = np.random.default_rng(0)
-    n = batch * args.window
-    x = rng.normal(size=(n, *shape)).astype("float32")
-    y = rng.integers(0, 10, n)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+    x, y, data = synthetic_data(shape, batch, args.window)
     keys = [(name, xla) for xla in xla_modes for name in names]
     total = args.window * (args.rounds + 1)
     saved.setdefault("rounds", [])

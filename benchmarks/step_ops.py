@@ -18,8 +18,8 @@ A step kind with SAM and one-pass steps (interval, LookSAM, the trigger) is
 counted for both. Which branch a step takes is read from the cond's name:
 the true branches of `sam_pass` (the second pass, `keras_ssam.step.gate`),
 `looksam_store` and `looksam_add` run on SAM steps only; `apply_if_finite`
-(`keras_ssam.step.guard`) runs on every finite step; any other cond counts
-its larger branch.
+(`keras_ssam.step.guard`) and `momentum_store` run on every finite step; any
+other cond counts its larger branch.
 The counts are deterministic: `tests/test_step_cost.py` pins them.
 """
 
@@ -40,7 +40,7 @@ CONDS = {"If", "StatelessIf"}
 # Conds whose true branch runs on SAM steps only, and conds taken on every
 # (finite) step.
 SAM_ONLY = ("sam_pass", "looksam_store", "looksam_add")
-ALWAYS_TAKEN = ("apply_if_finite",)
+ALWAYS_TAKEN = ("apply_if_finite", "momentum_store")
 
 # name: SSAMModel keyword arguments (None: the plain Keras model).
 KINDS = {

@@ -512,13 +512,19 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         g = guard.global_gradients(guard.unscale(optimizer, grads))
         self._maybe_update_masks_in_step(g, variables)
         wd = self.coupled_weight_decay
-        for buffer, o, gi, v in zip(buffers, old, g, variables):
-            if gi is None:
-                continue
-            new = self.momentum * o + tf.cast(gi, "float32")
-            if wd:
-                new = new + wd * tf.cast(v, "float32")
-            buffer.assign(tf.where(finite, new, o))
+
+        def store():
+            for buffer, o, gi, v in zip(buffers, old, g, variables):
+                if gi is None:
+                    continue
+                new = self.momentum * o + tf.cast(gi, "float32")
+                if wd:
+                    new = new + wd * tf.cast(v, "float32")
+                buffer.assign(new)
+
+        # A skipped (non-finite) step keeps the buffer; a cond, not a
+        # `tf.where` per buffer, so a finite step makes no select pass.
+        tf.cond(finite, store, lambda: None, name="momentum_store")
         self._track(x, loss, loss, tf.constant(False))
         # e's own norm: no pass over the parameters just for this log.
         moved = tf.logical_and(self._rho > 0, norm > 0)
@@ -550,7 +556,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         """`(sam, trigger state)` from rho, the interval or the trigger."""
         norm_sq = None
         if self.trigger is not None:
-            norm_sq = tf.square(gate.global_norm(g_global))
+            norm_sq = gate.global_norm_sq(g_global)
         return gate.sam_step(
             self._rho,
             self.optimizer.iterations,

@@ -180,3 +180,22 @@ class TestBadArguments:
 def test_pass_counter_is_exported():
     # PassCounter is shared with test_cheap_steps; this module relies on it counting.
     assert PassCounter().runs.numpy() == 0
+
+
+def test_a_skipped_step_keeps_the_momentum_buffer():
+    """A non-finite step changes neither the weights nor the ascent's buffer."""
+    x, y = make_data()
+    x_bad = x[:12].copy()
+    x_bad[9, 0] = np.nan  # the third batch of 4
+
+    def after(xs, ys):
+        model, _ = momentum_model(make_params())
+        model.fit(xs, ys, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        return model
+
+    skipped, clean = after(x_bad, y[:12]), after(x[:8], y[:8])  # clean: the two steps before
+    assert int(skipped.non_finite_steps.numpy()) == 1
+    want = [b.numpy() for b in clean._momentum]
+    assert any(np.abs(w).max() > 0 for w in want)
+    for got, w in zip((b.numpy() for b in skipped._momentum), want):
+        np.testing.assert_array_equal(got, w)

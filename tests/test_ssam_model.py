@@ -196,7 +196,16 @@ def _build(kind, seed):
     )
 
 
-@pytest.mark.parametrize("kind", ["functional", "sequential", "subclassed", "applications"])
+@pytest.mark.parametrize(
+    "kind",
+    # A keras.applications ResNet takes half a minute on 2 cores.
+    [
+        "functional",
+        "sequential",
+        "subclassed",
+        pytest.param("applications", marks=pytest.mark.slow),
+    ],
+)
 def test_wraps_every_model_kind_zero_mask_equals_plain(kind):
     rng = np.random.default_rng(0)
     shape = (16, 32, 32, 3) if kind == "applications" else (16, D)

@@ -18,7 +18,7 @@ import step_ops  # noqa: E402
 # Full-size ops beyond Keras' own step, per (step kind, step), on the small
 # MLP (3 kernels; every per-tensor op below counts 3 times).
 SKIP = 3  # the non-finite skip: one Sum per gradient (`guard.grads_finite`)
-NORM = 2 * 3  # a global norm: Square and Sum per gradient
+NORM = 3  # a global norm: one L2Loss per gradient (`gate.global_norm_sq`)
 EXTRA = {
     ("rho 0", "one pass"): SKIP,
     ("interval 5", "one pass"): SKIP,
@@ -32,12 +32,12 @@ EXTRA = {
     ("interval 5", "sam"): 35,
     ("trigger", "sam"): 35 + NORM,
     # ... plus LookSAM's direction and its store: g_v's dot, norms, the
-    # projection and the division (Mul, Sum, Square, Sum, Mul, Sub, Square,
-    # Sum, DivNoNan per tensor = 9 * 3, plus the 3 writes).
-    ("looksam 5", "sam"): 35 + 30,
+    # projection and the division (Mul, Sum, L2Loss, Mul, Sub, L2Loss,
+    # DivNoNan per tensor = 7 * 3, plus the 3 writes).
+    ("looksam 5", "sam"): 35 + 24,
     # One pass at w + e: e's norm and factor * v * m (Square, Sum, Mul, Mul),
-    # w + e, the skip, and the buffer update (Mul, AddV2, SelectV2, write).
-    ("momentum", "sam"): 30,
+    # w + e, the skip, and the buffer update (Mul, AddV2, write).
+    ("momentum", "sam"): 27,
     # The pruned first pass and the pass 2 from the cut: the lowest kernel
     # is not perturbed (its mask is read by the support check).
     ("structured", "sam"): 30,
@@ -70,17 +70,57 @@ def test_one_pass_steps_cost_keras_plus_the_skip(table):
 
 
 @pytest.mark.slow
-def test_step_cost_script_prints_its_table():
+def test_step_cost_script_prints_its_table_and_resumes(tmp_path):
+    import json
     import subprocess
 
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "step_cost.py")
-    args = ["--window", "6", "--rounds", "1", "--configs", "keras sgd", "rho 0", "--xla", "off"]
-    out = subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line for line in out.stdout.splitlines() if "| xla off" in line]
+    out_file = str(tmp_path / "cost.json")
+    args = ["--window", "6", "--configs", "keras sgd", "rho 0", "--xla", "off", "--out", out_file]
+
+    def run(rounds):
+        out = subprocess.run(
+            [sys.executable, script, *args, "--rounds", str(rounds)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        with open(out_file) as f:
+            return out.stdout, json.load(f)["models"]["mlp"]["rounds"]
+
+    stdout, first = run(1)
+    rows = [line for line in stdout.splitlines() if "| xla off" in line]
     assert [r.split("|")[0].strip() for r in rows] == ["keras sgd", "rho 0"]
+    _, both = run(2)  # resumes: round 0 kept as it was, round 1 added
+    assert len(first) == 1 and both[0] == first[0] and len(both) == 2
+    assert len(both[1]["rho 0 | xla off"]["times"]) == 5  # the window's first step is dropped
+
+
+def test_stalls_are_judged_against_their_own_kind_of_step():
+    import numpy as np
+    import step_cost
+
+    # Four one-pass steps (one of them a 10 s stall) and three SAM steps.
+    record = {
+        "times": [1.0, 1.0, 1.0, 10.0, 4.0, 4.0, 4.5],
+        "sam": [False] * 4 + [True] * 3,
+        "cpu": [2.0, 2.0, 2.0, 2.5, 8.0, 8.0, 8.0],
+        "busy": [2.0, 2.0, 2.0, 7.0, 8.0, 8.0, 8.0],
+        "steal": [0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0],
+    }
+    cost, stalls = step_cost._step_cost(record, stall=3.0)
+    assert cost == pytest.approx(np.median([1, 1, 1, 10]) * 4 / 7 + 4.0 * 3 / 7)
+    assert stalls == {
+        "n": 1,  # a SAM step (4 s) is no stall of the one-pass steps (median 1 s)
+        "wall": 10.0,
+        "cpu": 2.5,
+        "busy": 7.0,
+        "steal": 3.0,
+        "extra_wall": 9.0,
+        "extra_cpu": 0.5,
+        "working": 0,  # 2.5 s of own CPU is < 1.5x the median step's 2 s: it waited
+    }
 
 
 @pytest.mark.parametrize(

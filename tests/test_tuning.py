@@ -155,6 +155,7 @@ def test_rho_from_refuses_another_looksam_alpha(tmp_path):
         train_args(*looksam, "--alpha", "0.7", "--rho-from", path)
 
 
+@pytest.mark.slow  # two CLI runs; the search itself is in the default run above
 def test_tune_command_writes_the_result_train_reads(tmp_path):
     out = tmp_path / "tune"
     result = cli.run(
