@@ -27,6 +27,7 @@ same round, then the median and min-max over the rounds:
 """
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -115,48 +116,97 @@ def machine_seconds():
     return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
+class GarbageTime:
+    """Seconds spent in Python's garbage collector, per generation, since the process began.
+
+    A full (generation 2) collection walks every tracked object - with
+    TensorFlow and many models loaded, a pause of its own size whenever the
+    allocation counters say so, in whichever configuration happens to run.
+    """
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self._start = None
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds[info["generation"]] += time.perf_counter() - self._start
+            self._start = None
+
+    def total(self):
+        return sum(self.seconds)
+
+
+GC = GarbageTime()
+
+
 class StepTimes(keras.callbacks.Callback):
     """Each step of the last `fit`: wall and CPU seconds, the machine's share, SAM or not.
 
     Per step (between consecutive `on_train_batch_end` calls): `times` (wall
     seconds), `cpu` (this process's CPU seconds, all threads), `busy` (the
     whole machine's busy CPU seconds, 10 ms ticks: compare sums, not single
-    steps), `steal` (seconds the hypervisor took from this VM) - the evidence
-    for whether a slow step was this process working or waiting. Whether a
-    step was a SAM step follows from the running mean `sam_steps` that the
-    batch logs carry (plain Keras: none are).
+    steps), `steal` (seconds the hypervisor took from this VM), `gc` (seconds
+    in Python's garbage collector) - the evidence for whether a slow step was
+    this process working or waiting. Whether a step was a SAM step follows
+    from the running mean `sam_steps` that the batch logs carry (plain Keras:
+    none are). `begin`: seconds from `fit`'s call to `on_train_begin`.
     """
 
+    FIELDS = ("times", "sam", "cpu", "busy", "steal", "gc")
+
+    def __init__(self, called):
+        super().__init__()
+        self.called = called
+
+    def _now(self):
+        return (time.perf_counter(), time.process_time(), *machine_seconds(), GC.total())
+
     def on_train_begin(self, logs=None):
-        self.times, self.sam, self.cpu, self.busy, self.steal = [], [], [], [], []
-        self._last = (time.perf_counter(), time.process_time(), *machine_seconds())
+        for field in self.FIELDS:
+            setattr(self, field, [])
+        self._last = self._now()
+        self.begin = self._last[0] - self.called
         self._mean = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        now = (time.perf_counter(), time.process_time(), *machine_seconds())
-        wall, cpu, busy, steal = (a - b for a, b in zip(now, self._last))
+        now = self._now()
+        for field, a, b in zip(("times", "cpu", "busy", "steal", "gc"), now, self._last):
+            getattr(self, field).append(a - b)
         self._last = now
-        self.times.append(wall)
-        self.cpu.append(cpu)
-        self.busy.append(busy)
-        self.steal.append(steal)
         mean = float((logs or {}).get("sam_steps", 0.0))
         self.sam.append(round((batch + 1) * mean - batch * self._mean) == 1)
         self._mean = mean
 
 
 def window(model, data):
-    """One window's record: per-step lists (see `StepTimes`) and the window's seconds."""
-    timer = StepTimes()
+    """One window's record: per-step lists (see `StepTimes`) and the window's seconds.
+
+    The first step also waits for the input pipeline to start: it is kept
+    apart (`first`, `first_gc`), with `begin` and `end`, the seconds `fit`
+    spends before its first step and after its last, and `gc_window`, the
+    garbage collector's seconds over the whole call.
+    """
+    gc_before = GC.total()
     start = time.perf_counter()
+    timer = StepTimes(start)
     model.fit(data, epochs=1, verbose=0, callbacks=[timer])
     seconds = time.perf_counter() - start
-    # The first step of a window also waits for the input pipeline to start.
-    fields = ("times", "sam", "cpu", "busy", "steal")
     record = {
-        f: [float(v) if f != "sam" else bool(v) for v in getattr(timer, f)[1:]] for f in fields
+        f: [float(v) if f != "sam" else bool(v) for v in getattr(timer, f)[1:]]
+        for f in StepTimes.FIELDS
     }
-    record["seconds"] = seconds
+    record.update(
+        seconds=seconds,
+        first=timer.times[0],
+        first_gc=timer.gc[0],
+        begin=timer.begin,
+        end=seconds - timer.begin - sum(timer.times),
+        gc_window=GC.total() - gc_before,
+    )
     return record
 
 
@@ -166,7 +216,14 @@ def synthetic_data(shape, batch, steps):
     n = batch * steps
     x = rng.normal(size=(n, *shape)).astype("float32")
     y = rng.integers(0, 10, n)
-    return x, y, tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+    # tf.data's autotuning thread sleeps in periods that double with the
+    # iterator's age, and `fit`'s iterator, deleted at the epoch's end, waits
+    # for it idle (up to about half the epoch here; docs/benchmarks.md). A
+    # cached in-memory dataset has nothing to tune.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return x, y, data.with_options(options)
 
 
 def measure(model_name, names, xla_modes, args, saved, save):
@@ -320,6 +377,34 @@ def stall_table(model_name, rows, saved):
     print("\n".join(lines), flush=True)
 
 
+def window_table(model_name, saved):
+    """What a window spends outside its timed steps: `fit`'s start and end, the first step.
+
+    Per configuration, the median and the largest value over the rounds of
+    `begin` (`fit` before its first step), `first` (the first step, which
+    also starts the input pipeline), `end` (`fit` after its last step), and
+    the garbage collector's seconds over the window; `steps` is the timed
+    steps' median, for scale.
+    """
+    rounds = [r for r in saved["rounds"] if "first" in next(iter(r.values()))]
+    if not rounds:
+        return
+    fields = ("begin", "first", "end", "gc_window")
+    lines = [
+        f"\noutside the timed steps ({model_name}, seconds: median / largest over rounds)",
+        f"{'config':<34} {'step':>6} " + " ".join(f"{f:>13}" for f in fields),
+    ]
+    for key in rounds[0]:
+        recs = [r[key] for r in rounds]
+        cells = [
+            f"{np.median([r[f] for r in recs]):6.2f} /{max(r[f] for r in recs):5.2f}"
+            for f in fields
+        ]
+        step = np.median([np.median(r["times"]) for r in recs])
+        lines.append(f"{key:<34} {step:>6.2f} " + " ".join(f"{c:>13}" for c in cells))
+    print("\n".join(lines), flush=True)
+
+
 def _load(path, args):
     """The results file to resume, or a new one; refuses one made with other settings."""
     settings = {k: v for k, v in vars(args).items() if k not in ("rounds", "out", "models")}
@@ -369,6 +454,7 @@ def main(argv=None):
         rows = summarize(saved, names, xla_modes, args.stall)
         table(model_name, rows, saved, args)
         stall_table(model_name, rows, saved)
+        window_table(model_name, saved)
         saved["rows"] = rows
     _save(args.out, results)
     return results

@@ -76,18 +76,26 @@ def summarize(args):
         per_step = {k: v / run["steps"] for k, v in op_stats(os.path.dirname(path)).items()}
         runs[run["config"]] = per_step
     base = runs.get("keras sgd", {})
-    base_total = sum(base.values())
+    base_total = _busy(base)
     for name, stats in runs.items():
-        total = sum(stats.values())
+        total = _busy(stats)
         print(
-            f"\n{name}: host self time {total / 1000:.2f} ms/step ({total / base_total:.2f}x Keras)"
+            f"\n{name}: ops' self time {total / 1000:.2f} ms/step ({total / base_total:.2f}x "
+            f"Keras), threads idle {stats.get('IDLE', 0.0) / 1000:.2f} ms/step"
         )
         print(f"  {'op type':<28} {'us/step':>9} {'share':>6} {'vs Keras':>9}")
-        for op, us in sorted(stats.items(), key=lambda kv: -kv[1])[: args.top]:
+        ranked = sorted((kv for kv in stats.items() if kv[0] != "IDLE"), key=lambda kv: -kv[1])
+        for op, us in ranked[: args.top]:
             print(f"  {op:<28} {us:>9.1f} {us / total:>6.1%} {us - base.get(op, 0.0):>+9.1f}")
-        extra = {op: us - base.get(op, 0.0) for op in set(stats) | set(base)}
-        grown = sorted(extra.items(), key=lambda kv: -kv[1])[:5]
+        extra = {op: stats.get(op, 0.0) - base.get(op, 0.0) for op in set(stats) | set(base)}
+        extra.pop("IDLE", None)
+        grown = sorted(extra.items(), key=lambda kv: -kv[1])[:6]
         print("  largest additions: " + ", ".join(f"{op} {us:+.0f} us" for op, us in grown))
+
+
+def _busy(stats):
+    """Microseconds of ops per step; XProf books the threads' waits as the type `IDLE`."""
+    return sum(us for op, us in stats.items() if op != "IDLE")
 
 
 def main(argv=None):

@@ -90,8 +90,10 @@ def test_step_cost_script_prints_its_table_and_resumes(tmp_path):
             return out.stdout, json.load(f)["models"]["mlp"]["rounds"]
 
     stdout, first = run(1)
-    rows = [line for line in stdout.splitlines() if "| xla off" in line]
+    tables = [t for t in stdout.split("\n\n") if t.strip()]
+    rows = [line for line in tables[0].splitlines() if "| xla off" in line]  # the ratio table
     assert [r.split("|")[0].strip() for r in rows] == ["keras sgd", "rho 0"]
+    assert tables[1].startswith("stalls of mlp") and tables[2].startswith("outside the timed")
     _, both = run(2)  # resumes: round 0 kept as it was, round 1 added
     assert len(first) == 1 and both[0] == first[0] and len(both) == 2
     assert len(both[1]["rho 0 | xla off"]["times"]) == 5  # the window's first step is dropped
@@ -143,3 +145,15 @@ def test_grads_finite_by_sums(values, dtype, want):
 
     grads = [tf.constant([0.5], dtype), None, tf.constant(values, dtype)]
     assert bool(guard.grads_finite(grads)) is want
+
+
+@pytest.mark.parametrize("kind,gated_under_xla", [("sam", False), ("interval 5", True)])
+def test_under_xla_a_step_that_is_always_sam_has_no_cond(kind, gated_under_xla):
+    """XLA on CPU ran a cond's convolutions ~20x slower: always-SAM steps skip the cond."""
+
+    def conds(jit_compile):
+        graph = step_ops.step_graph(step_ops.build(kind, jit_compile=jit_compile))
+        return [op.name for op in graph.get_operations() if "sam_pass" in op.name]
+
+    assert conds(False)  # rho may be 0 at run time: one pass then
+    assert bool(conds(True)) is gated_under_xla
