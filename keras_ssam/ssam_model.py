@@ -448,7 +448,7 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             self._maybe_update_masks_in_step(ascent, support)
         trigger_state = None
         if sam is None:
-            sam, trigger_state = self._sam_step(g_global) if gated else (self._rho > 0, None)
+            sam, trigger_state = self._sam_step(g_global) if gated else (tf.constant(True), None)
 
         def perturbed():
             # Line 2: the masked ascent step e (Eq. 2); zero when g is not
@@ -547,17 +547,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
         """Whether a step can be a one-pass step: pass 1 then computes every gradient.
 
         With `interval` or a `trigger`, always; otherwise only when pass 1
-        computes every gradient anyway (then `rho == 0` is one pass) and the
-        step is not compiled by XLA: XLA on CPU ran the convolutions of a
-        `tf.cond` branch about 20x slower than the same ops outside one
-        (docs/benchmarks.md), so under XLA a step that is SAM whenever
-        `rho > 0` runs its second pass unconditionally (at `w` when rho is 0:
-        e = 0, the same gradient, two passes' cost).
+        computes every gradient anyway (then `rho == 0` is one pass).
         """
-        if self.interval > 1 or self.trigger is not None:
-            return True
         everything = len(plan.support) == len(self.trainable_variables)
-        return everything and not self.jit_compile
+        return everything or self.interval > 1 or self.trigger is not None
 
     def _sam_step(self, g_global):
         """`(sam, trigger state)` from rho, the interval or the trigger."""
