@@ -451,9 +451,10 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
             sam, trigger_state = self._sam_step(g_global) if gated else (tf.constant(True), None)
 
         def perturbed():
-            # Line 2: the masked ascent step e (Eq. 2); zero when g is not
-            # finite. Formed here, inside the SAM branch: a one-pass step
-            # never pays for it.
+            # Line 2: the masked ascent step e (Eq. 2). Formed here, inside
+            # the SAM branch: a one-pass step never pays for it. A non-finite
+            # g gives a non-finite e, and the step is skipped whatever pass 2
+            # returns (pass 2 writes no state), so e needs no select.
             e = sparse_perturbation(
                 ascent,
                 masks,
@@ -464,7 +465,6 @@ class SSAMModel(MaskState, Support, Saving, keras.Model):
                 eta=self.eta,
                 epsilon=self.epsilon,
             )
-            e = [tf.where(finite, ei, tf.zeros_like(ei)) for ei in e]
             # Line 3: grad L(w + e), evaluated on tensors; w itself never moves.
             moved = {
                 id(v): tf.convert_to_tensor(v) + tf.cast(ei, v.dtype) for v, ei in zip(support, e)

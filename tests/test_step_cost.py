@@ -26,21 +26,21 @@ EXTRA = {
     ("looksam 5", "one pass"): SKIP + NORM + 2 * 3,
     # ||g||^2 for the trigger's decision.
     ("trigger", "one pass"): SKIP + NORM,
-    # Second pass at w + e: e (norm, factor * g * m, where(finite)), w + e
-    # (AddV2), the forward MatMuls at w + e, weight gradients and their skip.
-    ("sam", "sam"): 35,
-    ("interval 5", "sam"): 35,
-    ("trigger", "sam"): 35 + NORM,
+    # Second pass at w + e: e (norm, factor * g * m), w + e (AddV2), the
+    # forward MatMuls at w + e, weight gradients and their skip.
+    ("sam", "sam"): 29,
+    ("interval 5", "sam"): 29,
+    ("trigger", "sam"): 29 + NORM,
     # ... plus LookSAM's direction and its store: g_v's dot, norms, the
     # projection and the division (Mul, Sum, L2Loss, Mul, Sub, L2Loss,
     # DivNoNan per tensor = 7 * 3, plus the 3 writes).
-    ("looksam 5", "sam"): 35 + 24,
+    ("looksam 5", "sam"): 29 + 24,
     # One pass at w + e: e's norm and factor * v * m (Square, Sum, Mul, Mul),
     # w + e, the skip, and the buffer update (Mul, AddV2, write).
     ("momentum", "sam"): 27,
     # The pruned first pass and the pass 2 from the cut: the lowest kernel
     # is not perturbed (its mask is read by the support check).
-    ("structured", "sam"): 30,
+    ("structured", "sam"): 26,
 }
 
 
