@@ -210,19 +210,21 @@ def window(model, data):
     return record
 
 
-def synthetic_data(shape, batch, steps):
-    """`(x, y, dataset)`: `steps` batches of Gaussian inputs and 10 random classes."""
+def synthetic_data(shape, batch, steps, autotune=False):
+    """`(x, y, dataset)`: `steps` batches of Gaussian inputs and 10 random classes.
+
+    `autotune=False` turns tf.data's autotuning off: `fit` deletes its
+    iterator at the end of each epoch and, in some epochs, waits idle for
+    the autotuning thread, longer the longer the epoch ran
+    (docs/benchmarks.md); a cached, in-memory dataset has nothing to tune.
+    """
     rng = np.random.default_rng(0)
     n = batch * steps
     x = rng.normal(size=(n, *shape)).astype("float32")
     y = rng.integers(0, 10, n)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
-    # tf.data's autotuning thread sleeps in periods that double with the
-    # iterator's age, and `fit`'s iterator, deleted at the epoch's end, waits
-    # for it idle (up to about half the epoch here; docs/benchmarks.md). A
-    # cached in-memory dataset has nothing to tune.
     options = tf.data.Options()
-    options.autotune.enabled = False
+    options.autotune.enabled = autotune
     return x, y, data.with_options(options)
 
 
@@ -235,7 +237,7 @@ def measure(model_name, names, xla_modes, args, saved, save):
     """
     shape, batch = SIZES[model_name]
     batch = args.batch or batch
-    x, y, data = synthetic_data(shape, batch, args.window)
+    x, y, data = synthetic_data(shape, batch, args.window, args.autotune == "on")
     keys = [(name, xla) for xla in xla_modes for name in names]
     total = args.window * (args.rounds + 1)
     saved.setdefault("rounds", [])
@@ -383,7 +385,7 @@ def window_table(model_name, saved):
     Per configuration, the median and the largest value over the rounds of
     `begin` (`fit` before its first step), `first` (the first step, which
     also starts the input pipeline), `end` (`fit` after its last step), and
-    the garbage collector's seconds over the window; `steps` is the timed
+    the garbage collector's time over the window, in ms; `step` is the timed
     steps' median, for scale.
     """
     rounds = [r for r in saved["rounds"] if "first" in next(iter(r.values()))]
@@ -391,17 +393,17 @@ def window_table(model_name, saved):
         return
     fields = ("begin", "first", "end", "gc_window")
     lines = [
-        f"\noutside the timed steps ({model_name}, seconds: median / largest over rounds)",
-        f"{'config':<34} {'step':>6} " + " ".join(f"{f:>13}" for f in fields),
+        f"\noutside the timed steps ({model_name}, ms: median / largest over rounds)",
+        f"{'config':<34} {'step':>7} " + " ".join(f"{f:>15}" for f in fields),
     ]
     for key in rounds[0]:
         recs = [r[key] for r in rounds]
         cells = [
-            f"{np.median([r[f] for r in recs]):6.2f} /{max(r[f] for r in recs):5.2f}"
+            f"{1000 * np.median([r[f] for r in recs]):7.1f} /{1000 * max(r[f] for r in recs):7.1f}"
             for f in fields
         ]
-        step = np.median([np.median(r["times"]) for r in recs])
-        lines.append(f"{key:<34} {step:>6.2f} " + " ".join(f"{c:>13}" for c in cells))
+        step = 1000 * np.median([np.median(r["times"]) for r in recs])
+        lines.append(f"{key:<34} {step:>7.1f} " + " ".join(f"{c:>15}" for c in cells))
     print("\n".join(lines), flush=True)
 
 
@@ -433,6 +435,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--batch", type=int, default=None, help="default: per model")
     parser.add_argument("--stall", type=float, default=3.0, help="x the window's median step")
+    parser.add_argument(
+        "--autotune",
+        default="off",
+        choices=["off", "on"],
+        help="tf.data autotuning of the synthetic data (on: windows may end with its wait)",
+    )
     parser.add_argument(
         "--out", default=None, help="JSON file for every step's record; an existing one resumes"
     )

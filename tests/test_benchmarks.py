@@ -146,3 +146,15 @@ def test_cifar10_script_writes_runs_resumes_and_plots(tmp_path):
         line.startswith("{") for line in again.splitlines()
     )
     assert (tmp_path / "runs.json").read_text() == saved_text
+
+
+@pytest.mark.slow
+def test_xla_cond_script_times_each_step_with_and_without_xla():
+    out = script("xla_cond.py", "--batch", "4", "--repeats", "1")
+    rows = [line.rsplit(None, 3) for line in out.splitlines()[1:]]
+    assert [(name.strip(), xla) for name, xla, _, _ in rows] == [
+        (step, xla)
+        for step in ("one pass", "two passes", "two, 2nd in cond")
+        for xla in ("off", "on")
+    ]
+    assert all(float(ms) > 0 for *_, ms in rows)
